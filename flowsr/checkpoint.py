@@ -1,0 +1,157 @@
+"""Checkpoints: safetensors weights plus JSON, written atomically; nothing is ever unpickled.
+
+A *model directory* holds ``model.safetensors`` (EMA weights) and ``config.json`` (a ModelConfig).
+A *training checkpoint* is one ``checkpoint.safetensors`` file holding the model, EMA and optimizer
+tensors, with the step, the config and the RNG states in its JSON metadata, so a single atomic rename
+publishes all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flowsr.config import ModelConfig
+from flowsr.nets import UNet
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+
+
+class ModelLoadError(Exception):
+    """A model directory or file that cannot be used; the message names the file and the problem."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync, then rename onto ``path``.
+
+    On any failure (including a full disk) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_dir(directory: Path, net: torch.nn.Module, config: ModelConfig, dtype=None) -> None:
+    """Write ``model.safetensors`` (optionally cast to ``dtype``, e.g. bf16 for shipping) + ``config.json``."""
+    directory = Path(directory)
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in net.state_dict().items()}
+    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write(directory / "config.json", lambda p: p.write_text(config.to_json() + "\n"))
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing (a model directory holds model.safetensors + config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+    try:
+        return ModelConfig.from_dict(data, str(path))
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(str(error)) from None
+
+
+def load_model_dir(directory: Path, device="cpu") -> tuple[UNet, ModelConfig]:
+    """Rebuild the network from ``config.json`` and load ``model.safetensors`` (checked: keys, shapes, finite)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        if directory.suffix.lower() in PICKLE_SUFFIXES:
+            raise ModelLoadError(f"{directory}: pickle checkpoints are refused (they can run code); "
+                                 "flowsr reads only a directory with model.safetensors + config.json")
+        raise ModelLoadError(f"{directory}: not a model directory or a bundled model name")
+    config = read_model_config(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(pickles)}: pickle files are refused)" if pickles else ""
+        raise ModelLoadError(f"{weights}: missing{hint}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"{weights}: not a readable safetensors file ({error})") from None
+    try:
+        net = UNet(config.net)
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(f"{directory / 'config.json'}: cannot build the network ({error})") from None
+    check_state_dict(net, state, weights)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.to(device).eval().requires_grad_(False), config
+
+
+def check_state_dict(net: torch.nn.Module, state: dict, source) -> None:
+    """Raise ModelLoadError unless ``state`` has exactly the network's keys and shapes, all finite."""
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(f"{source}: weights do not match config.json "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ModelLoadError(f"{source}: {key} has shape {tuple(value.shape)}, "
+                                 f"config.json implies {tuple(expected[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelLoadError(f"{source}: {key} contains NaN or Inf values")
+
+
+# -- training checkpoints ---------------------------------------------------------------------------
+
+
+def save_training_checkpoint(path: Path, *, net, ema, optimizer, step: int, meta: dict,
+                             rng: dict[str, torch.Tensor]) -> None:
+    """One atomic file: ``model.*``, ``ema.*``, ``opt.*``, ``rng.*`` tensors; ``meta`` + step in JSON."""
+    tensors = {}
+    tensors.update({f"model.{k}": v for k, v in net.state_dict().items()})
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_state = optimizer.state_dict()
+    for index, slots in opt_state["state"].items():
+        for name, value in slots.items():
+            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value)
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"]),
+                "meta": json.dumps(meta)}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def load_training_checkpoint(path: Path, *, net, ema, optimizer) -> tuple[int, dict, dict]:
+    """Restore model, EMA and optimizer in place; returns (step, meta, rng tensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"{path}: unreadable checkpoint ({error})") from None
+    if "step" not in metadata:
+        raise ModelLoadError(f"{path}: not a flowsr training checkpoint (no step in metadata)")
+
+    def section(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    net.load_state_dict(section("model."))
+    ema.load_state_dict(section("ema."))
+    state: dict[int, dict] = {}
+    for key, value in section("opt.").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    param_groups = json.loads(metadata["param_groups"])
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    return int(metadata["step"]), json.loads(metadata["meta"]), section("rng.")

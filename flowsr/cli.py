@@ -1,0 +1,305 @@
+"""Command line: ``flowsr upscale | eval | train | degrade | models | bench``.
+
+Every command reports a bad file in one line naming it, keeps processing the other files, and exits
+non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _add_runtime(parser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also "
+                        "depends on its file name")
+    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels (0: no tiling)")
+    parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowsr", description="One-step and few-step super-resolution "
+                                     "with flow models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("upscale", help="super-resolve image files or folders")
+    up.add_argument("inputs", nargs="+", help="image files and/or folders")
+    up.add_argument("-o", "--output", required=True, help="output folder")
+    up.add_argument("--model", default="default", help="model directory, bundled name or 'bicubic'")
+    up.add_argument("--steps", type=int, default=None)
+    up.add_argument("--t", type=float, default=None, help="fidelity (0) .. realism (1) knob of students")
+    up.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (1 = off)")
+    up.add_argument("--sampler", default=None, choices=["euler", "heun"])
+    up.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
+    up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    _add_runtime(up)
+
+    ev = commands.add_parser("eval", help="score models on a benchmark folder")
+    ev.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
+    ev.add_argument("--data", required=True, help="folder of HR images, or with HR/ and LR/")
+    ev.add_argument("--scale", type=int, default=4)
+    ev.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
+    ev.add_argument("--t", type=_floats, default=None, help="list, e.g. 0,0.5,1 (students)")
+    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--sampler", default=None, choices=["euler", "heun"])
+    ev.add_argument("--metrics", default="psnr,ssim", help="psnr,ssim,hf,lpips,lpips_vgg,dists,niqe")
+    ev.add_argument("--json", default=None, help="write results here")
+    ev.add_argument("--save", default=None, help="write super-resolved images under this folder")
+    ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
+    _add_runtime(ev)
+
+    tr = commands.add_parser("train", help="train a model: flowsr train --preset NAME --out DIR k=v ...")
+    tr.add_argument("--preset", required=True)
+    tr.add_argument("--out", required=True, help="run / model directory")
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--config", default=None, help="YAML file of overrides (keys are config fields)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=500 data=DIR")
+
+    dg = commands.add_parser("degrade", help="make LR images from HR images")
+    dg.add_argument("-i", "--input", required=True, help="HR folder or file")
+    dg.add_argument("-o", "--output", required=True, help="LR folder")
+    dg.add_argument("--scale", type=int, default=4)
+    dg.add_argument("--kind", default="bicubic", choices=["bicubic", "realesrgan"])
+    dg.add_argument("--config", default=None, help="YAML overrides of the Real-ESRGAN settings")
+    dg.add_argument("--seed", type=int, default=0)
+
+    commands.add_parser("models", help="list bundled models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "degrade": cmd_degrade,
+               "models": cmd_models}[args.command]
+    from flowsr.checkpoint import ModelLoadError
+    from flowsr.evaluate import DataError
+
+    try:
+        return handler(args)
+    except (ModelLoadError, DataError, ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- upscale ---------------------------------------------------------------------------------------
+
+
+def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
+    """Output file for ``source``: its stem (no directories, so it cannot escape) + suffix + .png."""
+    name = Path(source.name).stem.replace("/", "_").replace("\\", "_").lstrip(".") or "image"
+    return output_dir / f"{name}{suffix}.png"
+
+
+def cmd_upscale(args) -> int:
+    from tqdm import tqdm
+
+    from flowsr.io import ImageReadError, list_images, read_image, save_image
+    from flowsr.pipeline import Settings, image_seed, load
+
+    missing = [p for p in args.inputs if not Path(p).exists()]
+    for path in missing:
+        print(f"error: {path}: no such file or folder", file=sys.stderr)
+    paths = list_images([p for p in args.inputs if Path(p).exists()])
+    if not paths:
+        print("error: no input images found", file=sys.stderr)
+        return EXIT_FAILED
+    output_dir = Path(args.output)
+    inputs = {p.resolve() for p in paths}
+    targets = {}
+    for path in paths:
+        target = output_path(output_dir, path, args.suffix)
+        if target.resolve() in inputs:
+            print(f"error: {path}: output {target} would overwrite an input; use --suffix or another "
+                  "output folder", file=sys.stderr)
+            return EXIT_FAILED
+        if target in targets.values():
+            print(f"error: {path}: output name {target.name} collides with another input's", file=sys.stderr)
+            return EXIT_FAILED
+        targets[path] = target
+    model = load(args.model, device=args.device, dtype=args.dtype)
+    settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler)
+    model.resolve(settings)
+    failed, written, skipped = list(missing), 0, 0
+    print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
+    for path in tqdm(paths, desc="upscale", unit="img", disable=len(paths) < 2):
+        target = targets[path]
+        if args.skip_existing and target.exists():
+            skipped += 1
+            continue
+        try:
+            image = read_image(path)
+            result = model.upscale_image(image, settings, seed=image_seed(args.seed, path.name),
+                                         tile=args.tile, tile_overlap=args.tile_overlap)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            save_image(target, result, inputs=tuple(inputs))
+            for note in image.notes:
+                print(f"note: {path}: {note}")
+            written += 1
+        except (ImageReadError, ValueError, OSError) as error:
+            print(f"error: {error}" if str(path) in str(error) else f"error: {path}: {error}", file=sys.stderr)
+            failed.append(str(path))
+    print(f"{written} written, {skipped} skipped, {len(failed)} failed -> {output_dir}")
+    return EXIT_FAILED if failed else 0
+
+
+# -- eval ------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args) -> int:
+    from flowsr.evaluate import evaluate, format_table, load_dataset
+    from flowsr.pipeline import Settings, load
+
+    dataset = load_dataset(args.data, args.scale)
+    for message in dataset.errors:
+        print(f"error: {message}", file=sys.stderr)
+    if not dataset.samples:
+        print(f"error: {args.data}: no image could be evaluated", file=sys.stderr)
+        return EXIT_FAILED
+    border = f"crop_border={dataset.crop_border}"
+    print(f"dataset {dataset.name}: {len(dataset.samples)} images, {dataset.protocol} protocol "
+          f"(x{args.scale}, {border}, PSNR/SSIM on Y)")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    rows = []
+    for spec in args.model:
+        model = load(spec, device=args.device, dtype=args.dtype, scale=args.scale)
+        kind = model.config.kind if model.config else "bicubic"
+        steps_list = args.steps or [None]
+        t_list = (args.t or [None]) if kind in ("oftsr", "meanflow") else [None]
+        for steps in steps_list:
+            for t in t_list:
+                settings = Settings(steps=steps, t=t, guidance=args.guidance, sampler=args.sampler)
+                if kind == "meanflow" and steps not in (None, 1) and t not in (None, 1.0):
+                    continue  # the knob applies to one-step sampling only
+                if kind in ("bicubic", "regression", "oftsr") and steps not in (None, 1):
+                    continue  # one-step models have no step count to sweep
+                save = None
+                if args.save:
+                    tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
+                    save = Path(args.save) / tag
+                rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
+                                     tile=args.tile))
+    print(format_table(rows, verbose=args.verbose))
+    if args.json:
+        payload = rows[0] if len(rows) == 1 else {"dataset": dataset.name, "protocol": dataset.protocol,
+                                                 "results": rows}
+        from flowsr.checkpoint import atomic_write
+
+        atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+        print(f"wrote {args.json}")
+    return EXIT_FAILED if dataset.errors else 0
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from flowsr.config import apply_overrides, load_yaml_overrides, preset
+    from flowsr.train import TrainingDiverged, train
+
+    cfg = preset(args.preset)
+    overrides = (load_yaml_overrides(args.config) if args.config else []) + list(args.overrides)
+    apply_overrides(cfg, overrides)
+    if not cfg.data:
+        raise ValueError("no training data: pass data=DIR (default ../shared/data/train is absent)")
+    try:
+        train(cfg, args.out, resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+# -- degrade ---------------------------------------------------------------------------------------
+
+
+def cmd_degrade(args) -> int:
+    import torch
+
+    from flowsr.io import ImageReadError, list_images, read_image, write_image
+    from flowsr.ops import imresize, modcrop
+
+    source = Path(args.input)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    paths = list_images([source])
+    if not paths:
+        print(f"error: {source}: no images found", file=sys.stderr)
+        return EXIT_FAILED
+    output_dir = Path(args.output)
+    degrade = None
+    if args.kind == "realesrgan":
+        from flowsr.degradations import RealESRGANConfig, degrade as realesrgan
+
+        cfg = RealESRGANConfig.from_yaml(args.config) if args.config else RealESRGANConfig()
+        degrade = (cfg, realesrgan)
+    failed = 0
+    inputs = tuple(p.resolve() for p in paths)
+    for path in paths:
+        try:
+            image = read_image(path)
+            rgb = image.rgb
+            if min(rgb.shape[-2:]) < args.scale:
+                raise ImageReadError(f"{path}: smaller than the scale {args.scale}")
+            if degrade is None:
+                hr = (modcrop(rgb, args.scale) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                lq = torch.from_numpy(imresize(hr, scale=1 / args.scale)).float().div(255)
+                lq = lq.reshape(lq.shape[0], lq.shape[1], -1).permute(2, 0, 1)
+            else:
+                from flowsr.pipeline import image_seed
+
+                cfg, realesrgan = degrade
+                generator = torch.Generator().manual_seed(image_seed(args.seed, path.name))
+                rgb3 = rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb
+                lq = realesrgan(modcrop(rgb3, args.scale)[None], cfg, scale=args.scale,
+                                generator=generator)[0]
+            write_image(output_path(output_dir, path, ""), lq, inputs=inputs)
+        except (ImageReadError, ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    print(f"{len(paths) - failed} written, {failed} failed -> {output_dir}")
+    return EXIT_FAILED if failed else 0
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def cmd_models(args) -> int:
+    from flowsr.checkpoint import read_model_config
+    from flowsr.nets import UNet, count_parameters
+    from flowsr.pipeline import bundled_models, default_model
+
+    print(f"{'name':<18} {'task':<10} {'scale':<5} {'params':>8}  {'default':<14} trained")
+    print(f"{'bicubic':<18} {'baseline':<10} {'any':<5} {0:>8}  {'NFE 0':<14} -")
+    default = default_model()
+    for name, path in bundled_models().items():
+        config = read_model_config(path)
+        params = count_parameters(UNet(config.net))
+        info = config.training
+        trained = (f"{info.get('steps', '?')} steps on {Path(str(info.get('data', '?'))).name}, "
+                   f"{info.get('wall_seconds', '?')} s on {info.get('device', '?')}")
+        marker = " (default)" if name == default else ""
+        print(f"{name + marker:<18} {config.kind:<10} x{config.scale:<4} {params / 1e6:>7.2f}M  "
+              f"steps {config.default_steps:<8} {trained}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Configuration: dataclasses, named presets and ``key=value`` overrides.
+
+A training run is fully described by a :class:`TrainConfig`; a trained model directory by a
+:class:`ModelConfig` (written as ``config.json`` beside ``model.safetensors``). Presets are plain
+functions returning a ``TrainConfig``; the command line overrides fields with ``key=value``
+(nested fields with a dot: ``net.channels=32``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from flowsr.nets import NetConfig
+
+OBJECTIVES = ("flow_matching", "regression", "oftsr", "meanflow")
+MODEL_KINDS = ("flow", "regression", "oftsr", "meanflow")
+SAMPLERS = ("euler", "heun", "one_step", "mean_flow", "regression")
+
+
+def default_train_data() -> str:
+    """``../shared/data/train`` beside the current directory when present, else empty."""
+    candidate = Path("../shared/data/train")
+    return str(candidate) if candidate.is_dir() else ""
+
+
+def default_val_data() -> str:
+    candidate = Path("../shared/data/test/Set5/HR")
+    return str(candidate) if candidate.is_dir() else ""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Images are HR crops in [0, 1]; the loop maps them to [-1, 1]."""
+
+    preset: str = "tiny-teacher"
+    objective: str = "flow_matching"  # one of OBJECTIVES
+    net: NetConfig = field(default_factory=NetConfig)
+    scale: int = 4
+    # data
+    data: str = field(default_factory=default_train_data)
+    val_data: str = field(default_factory=default_val_data)
+    degradation: str = "bicubic"  # bicubic | realesrgan
+    degradation_config: str = ""  # YAML overrides for realesrgan
+    crop: int = 64  # HR crop size in pixels
+    batch_size: int = 16  # per process
+    # optimisation
+    max_steps: int = 2000
+    lr: float = 2e-4
+    lr_min_ratio: float = 0.1  # cosine decay to lr * lr_min_ratio
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    # flow path and teacher objective
+    sigma_p: float = 0.2
+    p_drop: float = 0.1
+    loss: str = "l2"  # l1 | l2
+    time_sampler: str = "logit_normal"  # logit_normal | uniform
+    # distillation (oftsr, meanflow)
+    teacher: str = ""  # model directory or bundled name of the teacher
+    guidance: float = 1.0  # teacher CFG scale distilled into a MeanFlow student
+    s_min: float = 0.01
+    s_max: float = 0.99
+    delta: float = 0.05
+    w_boundary: float = 0.1
+    w_align: float = 0.01
+    mf_target: str = "teacher"  # teacher | conditional
+    mf_omega: float = 1.0
+    mf_kappa: float = 0.0
+    p_equal: float = 0.75
+    adaptive_p: float = 1.0
+    adaptive_c: float = 1e-3
+    # inference defaults stored with the model
+    default_steps: int = 0  # 0: choose from the objective
+    # runtime
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on cuda) | none | bf16
+    channels_last: bool = True  # on cuda only
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 10
+    val_every: int = 500
+    val_images: int = 5
+    ckpt_every: int = 500
+
+    def validate(self) -> None:
+        checks = [
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
+            (self.scale >= 1, "scale must be >= 1"),
+            (self.crop % (self.scale * 4) == 0, "crop must be a multiple of 4*scale"),
+            (self.batch_size >= 1 and self.max_steps >= 0, "batch_size >= 1 and max_steps >= 0"),
+            (self.loss in ("l1", "l2"), "loss must be l1 or l2"),
+            (self.time_sampler in ("logit_normal", "uniform"), "time_sampler: logit_normal | uniform"),
+            (self.degradation in ("bicubic", "realesrgan"), "degradation: bicubic | realesrgan"),
+            (0.0 <= self.sigma_p < 1.0, "sigma_p must be in [0, 1)"),
+            (self.mf_target in ("teacher", "conditional"), "mf_target: teacher | conditional"),
+            (self.amp in ("auto", "none", "bf16"), "amp: auto | none | bf16"),
+            (self.device in ("auto", "cpu", "cuda"), "device: auto | cpu | cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid config: {message}")
+        needs_teacher = self.objective == "oftsr" or (
+            self.objective == "meanflow" and self.mf_target == "teacher"
+        )
+        if needs_teacher and not self.teacher:
+            raise ValueError(f"objective {self.objective} needs teacher=DIR (a trained flow teacher)")
+
+
+@dataclass
+class ModelConfig:
+    """What ``config.json`` of a trained model directory holds; enough to rebuild and run it."""
+
+    kind: str  # flow | regression | oftsr | meanflow
+    scale: int
+    net: NetConfig
+    sigma_p: float = 0.2
+    default_steps: int = 1
+    default_t: float = 1.0
+    default_guidance: float = 1.0
+    name: str = ""
+    training: dict = field(default_factory=dict)  # provenance: preset, steps, data, wall time, device
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; expected one of {MODEL_KINDS}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_dict(data: dict, source: str = "config.json") -> ModelConfig:
+        """Build from a parsed JSON dict; unknown keys, missing keys or bad types raise ValueError."""
+        return _from_dict(ModelConfig, data, source)
+
+
+def _from_dict(cls, data: dict, source: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object for {cls.__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown} for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, source)
+        else:
+            kwargs[name] = _coerce(value, hint, f"{source}: {cls.__name__}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _coerce(value, hint, where: str):
+    """Check/convert a JSON or command-line value to the field's type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], where) for v in value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    try:
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply ``key=value`` strings (``net.channels=32``) to a dataclass in place; returns it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        target = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise ValueError(f"unknown config section {part!r} in {item!r}")
+            target = getattr(target, part)
+        hints = typing.get_type_hints(type(target))
+        if leaf not in hints:
+            names = ", ".join(f.name for f in fields(target))
+            raise ValueError(f"unknown config key {key!r}; known keys: {names}")
+        setattr(target, leaf, _coerce(value, hints[leaf], key))
+    return cfg
+
+
+def load_yaml_overrides(path: str | Path) -> list[str]:
+    """Read a YAML file of overrides (keys are TrainConfig fields) into ``key=value`` strings."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    items = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            items += [f"{key}.{k}={_yaml_value(v)}" for k, v in value.items()]
+        else:
+            items.append(f"{key}={_yaml_value(value)}")
+    return items
+
+
+def _yaml_value(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. "tiny-*" train on a CPU in minutes; "*-x4" are the GPU sizes of the shipped models.
+
+TINY_NET = dict(channels=32, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=())
+GPU_NET = dict(channels=64, channel_mult=(1, 2, 2, 2), num_blocks=2, attention_levels=(3,))
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = dict(net=NetConfig(**TINY_NET), crop=64, batch_size=16, max_steps=2000, lr=1e-3,
+                warmup=100, ema=0.995, val_every=500, ckpt_every=500, val_images=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _gpu(**kw) -> TrainConfig:
+    base = dict(net=NetConfig(**GPU_NET), crop=128, batch_size=32, max_steps=20000, lr=3e-4,
+                warmup=500, ema=0.999, val_every=1000, ckpt_every=1000, val_images=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+PRESETS = {
+    "tiny-teacher": lambda: _tiny(preset="tiny-teacher", objective="flow_matching", default_steps=4),
+    "tiny-regression": lambda: _tiny(preset="tiny-regression", objective="regression", loss="l1"),
+    "tiny-oftsr": lambda: _tiny(preset="tiny-oftsr", objective="oftsr", max_steps=1000, lr=2e-4,
+                                warmup=50, teacher="runs/tiny-teacher"),
+    "tiny-meanflow": lambda: _tiny(preset="tiny-meanflow", objective="meanflow", max_steps=1000,
+                                   lr=2e-4, warmup=50, teacher="runs/tiny-teacher"),
+    "teacher-x4": lambda: _gpu(preset="teacher-x4", objective="flow_matching", default_steps=4),
+    "regression-x4": lambda: _gpu(preset="regression-x4", objective="regression", loss="l1"),
+    "oftsr-x4": lambda: _gpu(preset="oftsr-x4", objective="oftsr", max_steps=5000, lr=1e-4,
+                             warmup=100, teacher="runs/teacher-x4"),
+    "meanflow-x4": lambda: _gpu(preset="meanflow-x4", objective="meanflow", max_steps=5000, lr=1e-4,
+                                warmup=100, teacher="runs/teacher-x4"),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,201 @@
+"""Evaluation harness: the field's synthetic and paired protocols, sweeps over models, steps and t.
+
+Synthetic (a folder of HR images): HR cropped to a multiple of the scale, LR = MATLAB bicubic
+downscale rounded to uint8, metrics on BT.601 Y after cropping ``scale`` pixels per border.
+Paired (a folder with ``HR/`` and ``LR/``, files matched by name): real LR as given, no border crop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowsr.data import uint8_hwc
+from flowsr.io import ImageReadError, list_images, read_image, write_image
+from flowsr.metrics import image_metrics
+from flowsr.ops import imresize, modcrop
+from flowsr.pipeline import Settings, Upscaler, image_seed
+
+
+class DataError(Exception):
+    """A dataset folder that cannot be evaluated at all (missing, empty, mismatched)."""
+
+
+@dataclass
+class Sample:
+    name: str
+    lq: np.ndarray  # (h,w,3) uint8
+    gt: np.ndarray  # (H,W,3) uint8
+
+
+@dataclass
+class Dataset:
+    name: str
+    protocol: str  # synthetic | paired
+    crop_border: int
+    samples: list[Sample]
+    errors: list[str] = field(default_factory=list)
+
+
+def _rgb_uint8(path: Path) -> np.ndarray:
+    """Read an image as (H,W,3) uint8; greyscale replicated to RGB (as BasicSR reads it)."""
+    image = read_image(path)
+    rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
+    if image.bit_depth != 8:
+        raise ImageReadError(f"{path}: {image.bit_depth}-bit images are not part of the 8-bit protocol")
+    return uint8_hwc(rgb)
+
+
+def load_dataset(directory: str | Path, scale: int) -> Dataset:
+    """Read a benchmark folder. Per-file problems are collected in ``errors``; the rest is kept."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such folder")
+    name = directory.parent.name if directory.name == "HR" else directory.name
+    if (directory / "HR").is_dir() and (directory / "LR").is_dir():
+        return _paired(directory, name, scale)
+    paths = list_images([directory])
+    if not paths:
+        raise DataError(f"{directory}: no images found (expected image files, or HR/ and LR/ folders)")
+    dataset = Dataset(name, "synthetic", scale, [])
+    for path in paths:
+        try:
+            gt = _rgb_uint8(path)
+            if min(gt.shape[:2]) < scale:
+                raise ImageReadError(f"{path}: {gt.shape[1]}x{gt.shape[0]} is smaller than the scale {scale}")
+            gt = modcrop(gt, scale)
+            dataset.samples.append(Sample(path.name, imresize(gt, scale=1 / scale), gt))
+        except ImageReadError as error:
+            dataset.errors.append(str(error))
+    return dataset
+
+
+def _paired(directory: Path, name: str, scale: int) -> Dataset:
+    hr_paths = {p.name: p for p in list_images([directory / "HR"])}
+    lr_paths = {p.name: p for p in list_images([directory / "LR"])}
+    if not hr_paths:
+        raise DataError(f"{directory / 'HR'}: no images found")
+    dataset = Dataset(name, "paired", 0, [])
+    for missing in sorted(set(hr_paths) ^ set(lr_paths)):
+        side = "LR" if missing in hr_paths else "HR"
+        dataset.errors.append(f"{directory / ('HR' if side == 'LR' else 'LR') / missing}: "
+                              f"no matching file in {side}/")
+    for key in sorted(set(hr_paths) & set(lr_paths)):
+        try:
+            gt, lq = _rgb_uint8(hr_paths[key]), _rgb_uint8(lr_paths[key])
+            expected = (lq.shape[0] * scale, lq.shape[1] * scale)
+            if gt.shape[:2] != expected:
+                raise ImageReadError(f"{lr_paths[key]}: LR {lq.shape[1]}x{lq.shape[0]} x{scale} does not "
+                                     f"match HR {gt.shape[1]}x{gt.shape[0]}")
+            dataset.samples.append(Sample(key, lq, gt))
+        except ImageReadError as error:
+            dataset.errors.append(str(error))
+    return dataset
+
+
+def high_frequency_ratio(sr: np.ndarray, gt: np.ndarray) -> float:
+    """Realism proxy: Laplacian energy of the output over that of the ground truth (uint8 HWC).
+
+    1 means as much fine detail as the ground truth; blurry (posterior-mean) outputs score below 1.
+    """
+    def energy(image):
+        y = image.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255
+        lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+        return float(np.mean(lap**2))
+
+    return energy(sr) / max(energy(gt), 1e-12)
+
+
+def score(sr: np.ndarray, gt: np.ndarray, crop_border: int, metrics: list[str], device) -> dict:
+    values = image_metrics(sr, gt, crop_border)
+    row = {k: v for k, v in values.items() if k.split("_")[0] in metrics}
+    if "hf" in metrics:
+        row["hf_ratio"] = high_frequency_ratio(sr, gt)
+    perceptual = [m for m in metrics if m in ("lpips", "lpips_vgg", "dists", "niqe")]
+    if perceptual:
+        from flowsr import perceptual as P
+
+        sr_t = torch.from_numpy(sr).permute(2, 0, 1).float().div(255)[None].to(device)
+        gt_t = torch.from_numpy(gt).permute(2, 0, 1).float().div(255)[None].to(device)
+        if "lpips" in perceptual:
+            row["lpips"] = float(P.lpips(sr_t, gt_t, net="alex"))
+        if "lpips_vgg" in perceptual:
+            row["lpips_vgg"] = float(P.lpips(sr_t, gt_t, net="vgg"))
+        if "dists" in perceptual:
+            row["dists"] = float(P.dists(sr_t, gt_t))
+        if "niqe" in perceptual:
+            row["niqe"] = float(P.niqe(sr, crop_border=crop_border))
+    return row
+
+
+def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: list[str],
+             seed: int = 0, save: Path | None = None, tile: int = 0) -> dict:
+    """Run one model configuration over a dataset; returns the JSON-ready result row."""
+    resolved = upscaler.resolve(settings)
+    per_image, seconds = [], 0.0
+    for sample in dataset.samples:
+        lq = torch.from_numpy(sample.lq).permute(2, 0, 1)[None].float() / 255
+        if upscaler.device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        sr = upscaler.upscale_tensor(lq, resolved, seed=image_seed(seed, sample.name), tile=tile)
+        if upscaler.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - begin
+        sr_uint8 = uint8_hwc(sr[0])
+        if sr_uint8.shape != sample.gt.shape:
+            raise DataError(f"{sample.name}: output {sr_uint8.shape} does not match HR {sample.gt.shape}")
+        per_image.append({"name": sample.name,
+                          **score(sr_uint8, sample.gt, dataset.crop_border, metrics, upscaler.device)})
+        if save is not None:
+            write_image(Path(save) / f"{Path(sample.name).stem}.png", sr[0].cpu())
+    keys = [k for k in per_image[0] if k != "name"] if per_image else []
+    kind = upscaler.config.kind if upscaler.config else "bicubic"
+    return {
+        "model": upscaler.name,
+        "kind": kind,
+        "dataset": dataset.name,
+        "protocol": dataset.protocol,
+        "scale": upscaler.scale,
+        "steps": resolved.steps,
+        "t": resolved.t if kind in ("oftsr", "meanflow") else None,
+        "guidance": resolved.guidance,
+        "sampler": resolved.sampler,
+        "nfe": upscaler.nfe(resolved),
+        "n_images": len(per_image),
+        "metrics": {k: float(np.mean([row[k] for row in per_image])) for k in keys},
+        "seconds_per_image": seconds / max(1, len(per_image)),
+        "device": str(upscaler.device),
+        "seed": seed,
+        "per_image": per_image,
+    }
+
+
+def format_table(rows: list[dict], verbose: bool = False) -> str:
+    """A plain-text table: one line per configuration (and per image with ``verbose``)."""
+    keys = []
+    for row in rows:
+        keys += [k for k in row["metrics"] if k not in keys]
+    header = ["model", "steps", "t", "nfe", *keys, "s/img"]
+    lines = []
+    for row in rows:
+        if verbose:
+            for image in row["per_image"]:
+                lines.append([f"  {image['name']}", "", "", "", *[_fmt(image.get(k)) for k in keys], ""])
+        t = "" if row["t"] is None else f"{row['t']:g}"
+        lines.append([row["model"], str(row["steps"]), t, str(row["nfe"]),
+                      *[_fmt(row["metrics"].get(k)) for k in keys], f"{row['seconds_per_image']:.3f}"])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"

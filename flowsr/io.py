@@ -1,0 +1,454 @@
+"""Image files in and out: decoding with Pillow into float tensors, and atomic writes.
+
+Every image becomes an :class:`Image`: colour (3,H,W) or grey (1,H,W) float32 in [0,1], an optional
+alpha plane (1,H,W) in [0,1], and the bit depth to write it back with. Readers raise only
+:class:`ImageReadError`, whose one-line message names the file and the problem.
+
+16-bit colour: Pillow (up to 13 at least) has no 16-bit RGB mode; its PNG reader keeps only the high
+byte of each 16-bit RGB/RGBA/LA sample. This module recovers the low byte by running Pillow's own
+PNG decoder a second time with a little-endian raw mode, so 16-bit colour PNGs are read exactly, and
+writes 16-bit PNGs (grey, grey+alpha, RGB, RGBA) with a small encoder of its own. Other 16-bit colour
+files (TIFF) are read at 8-bit precision, with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # below Pillow's own decompression-bomb limit (~179 MP)
+
+_READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF", "": "PNG"}
+_SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
+# 16-bit colour PNG raw mode -> (raw mode yielding the low bytes, high-byte bands, low-byte bands)
+_PNG16_LOW_BYTES = {"RGB;16B": ("RGB;16L", [0, 1, 2], [0, 1, 2]),
+                    "RGBA;16B": ("RGBA;16L", [0, 1, 2, 3], [0, 1, 2, 3]),
+                    "LA;16B": ("RGBA", [0, 3], [1, 3])}  # Pillow opens 16-bit LA as RGBA
+_PILLOW_LIMIT_LOCK = threading.Lock()
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class ImageReadError(Exception):
+    """An image file could not be read; the message is one line: ``"<file>: <problem>"``."""
+
+
+@dataclass(eq=False)
+class Image:
+    """A decoded image.
+
+    rgb: float32 (C,H,W) in [0,1], C=3 for colour, C=1 for greyscale.
+    alpha: float32 (1,H,W) in [0,1] (1 = opaque), or None.
+    bit_depth: 8 or 16, the precision of the source and of what :func:`save_image` writes.
+    mode: the source's Pillow mode ("RGB", "L", "P", "I;16", ...). path: the source file, if any.
+    notes: what was changed on reading, e.g. "animated: first frame used".
+    """
+
+    rgb: torch.Tensor = field(repr=False)
+    alpha: torch.Tensor | None = field(default=None, repr=False)
+    bit_depth: int = 8
+    mode: str = "RGB"
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.rgb.dim() != 3 or self.rgb.shape[0] not in (1, 3):
+            raise ValueError(f"Image.rgb must be (1,H,W) or (3,H,W), got {tuple(self.rgb.shape)}")
+        if self.alpha is not None and tuple(self.alpha.shape) != (1, *self.rgb.shape[1:]):
+            raise ValueError(f"Image.alpha must be (1,H,W) = {(1, *self.rgb.shape[1:])}, "
+                             f"got {tuple(self.alpha.shape)}")
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"Image.bit_depth must be 8 or 16, got {self.bit_depth}")
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
+    """Read PNG, JPEG, WebP, BMP, TIFF (or GIF) into an :class:`Image` (see there for shapes/ranges).
+
+    EXIF orientation is applied. Grey stays (1,H,W); alpha (RGBA, LA, palette transparency) is split
+    off; palette and CMYK become RGB. 16-bit files (greyscale, and colour PNG) give values/65535 and
+    ``bit_depth=16``. Pillow mode I (32-bit int) is divided by 65535 when its values fit in
+    [0, 65535], F (float) is kept when it fits in [0, 1]; otherwise either is rescaled from its
+    min..max to [0, 1] with a note. Animated files give their first frame with a note.
+    Images with more than ``max_pixels`` pixels are refused (None: no limit).
+    Raises ImageReadError (only) for missing, empty, truncated, corrupt, non-image or too large files.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from error
+    return read_image_bytes(data, str(path), max_pixels, path=path)
+
+
+def read_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+                     path: Path | None = None) -> Image:
+    """:func:`read_image` for the bytes of a file; ``name`` is used in error messages."""
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    notes: list[str] = []
+    try:
+        with _pillow_limit(max_pixels) as caught:
+            im = PIL.Image.open(io.BytesIO(data), formats=_READ_FORMATS)
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(_too_large(name, im.width * im.height, max_pixels))
+            if getattr(im, "n_frames", 1) > 1:
+                notes.append("animated: first frame used")
+            rawmode = _rawmode(im)
+            im.load()  # full decode here, so truncation surfaces inside the try
+            array, depth = _pil_array(im, notes)
+            if im.format == "PNG" and rawmode in _PNG16_LOW_BYTES:
+                array, depth = _png16_colour(data, im, rawmode, notes)
+            elif ";16" in rawmode and depth == 8:
+                notes.append("16-bit colour read at 8-bit precision (Pillow limitation)")
+            array = _orient(array, _exif_orientation(im, notes))
+        notes += sorted({"Pillow: " + " ".join(str(w.message).split()) for w in caught})
+    except ImageReadError:
+        raise
+    except PIL.UnidentifiedImageError as error:
+        raise ImageReadError(f"{name}: not an image file (or not PNG/JPEG/WebP/BMP/TIFF/GIF)") from error
+    except PIL.Image.DecompressionBombError as error:
+        raise ImageReadError(f"{name}: image too large ({error}) (pass --allow-large to override)") from error
+    except Exception as error:  # Pillow raises many types for broken files
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ImageReadError(f"{name}: truncated or corrupt image ({detail})") from error
+    return _to_image(array, depth, im.mode, path, notes)
+
+
+def _too_large(name: str, pixels: int, limit: int) -> str:
+    return f"{name}: image too large: {pixels} pixels > limit {limit} (pass --allow-large to override)"
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None):
+    """Collect Pillow's warnings (into the list yielded) instead of printing them, bar its bomb
+    warning (we check the size ourselves); lift Pillow's hard limit when ours is looser."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+        pillow = PIL.Image.MAX_IMAGE_PIXELS
+        if pillow is None or (max_pixels is not None and max_pixels <= 2 * pillow):
+            yield caught
+            return
+        with _PILLOW_LIMIT_LOCK:
+            PIL.Image.MAX_IMAGE_PIXELS = None
+            try:
+                yield caught
+            finally:
+                PIL.Image.MAX_IMAGE_PIXELS = pillow
+
+
+def _rawmode(im: PIL.Image.Image) -> str:
+    """Raw (file) mode of the first tile of an opened, not yet loaded image; "" if unknown."""
+    if not im.tile:
+        return ""
+    args = im.tile[0][3]
+    return args if isinstance(args, str) else str(args[0]) if isinstance(args, tuple) and args else ""
+
+
+def _pil_array(im: PIL.Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Loaded PIL image -> (float32 (H,W,C) in [0,1], bit depth); C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        raw = np.asarray(im).astype(np.float32)
+        planes = [raw / 65535]
+        if isinstance(im.info.get("transparency"), int):
+            planes.append((raw != im.info["transparency"]).astype(np.float32))
+        return np.stack(planes, axis=-1), 16
+    if mode in ("I", "F"):
+        values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = (0.0, 65535.0) if mode == "I" else (0.0, 1.0)
+        if values.size and (values.min() < lo or values.max() > hi):
+            lo, hi = float(values.min()), float(values.max())
+            notes.append(f"mode {mode}: values {lo:g}..{hi:g} rescaled to [0,1]")
+        return ((values - lo) / max(hi - lo, 1e-12)).astype(np.float32)[..., None], 16
+    transparent = "transparency" in im.info
+    if mode in ("1", "L"):
+        target = "LA" if transparent else "L"
+    elif mode in ("LA", "La"):
+        target = "LA"
+    elif mode in ("P", "PA"):
+        palette_alpha = im.palette is not None and im.palette.mode == "RGBA"
+        target = "RGBA" if transparent or palette_alpha or mode == "PA" else "RGB"
+    elif mode in ("RGBA", "RGBa") or (mode == "RGB" and transparent):
+        target = "RGBA"
+    else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX
+        target = "RGB"
+    array = np.asarray(im.convert(target) if target != mode else im, dtype=np.float32) / 255
+    return array.reshape(*array.shape[:2], -1), 8
+
+
+def _png16_colour(data: bytes, im: PIL.Image.Image, rawmode: str, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Exact 16-bit colour PNG: decode again with a raw mode that yields the low bytes of each sample."""
+    low_mode, high_bands, low_bands = _PNG16_LOW_BYTES[rawmode]
+    try:
+        low_im = PIL.Image.open(io.BytesIO(data), formats=["PNG"])
+        tile = low_im.tile[0]
+        low_im.tile = [tile._replace(args=low_mode) if hasattr(tile, "_replace") else (*tile[:3], low_mode)]
+        low_im.load()
+        low = np.asarray(low_im)[..., low_bands].astype(np.uint16)
+    except Exception:  # the trick relies on Pillow internals; fall back to Pillow's 8 bits
+        notes.append("16-bit colour read at 8-bit precision (Pillow limitation)")
+        return _pil_array(im, notes)
+    raw = np.asarray(im)[..., high_bands].astype(np.uint16) << 8 | low
+    planes = raw.astype(np.float32) / 65535
+    key = im.info.get("transparency")
+    if rawmode == "RGB;16B" and isinstance(key, tuple):  # tRNS colour key
+        opaque = (raw != np.array(key, dtype=np.uint16)).any(axis=-1)
+        planes = np.concatenate([planes, opaque[..., None].astype(np.float32)], axis=-1)
+    return planes, 16
+
+
+def _exif_orientation(im: PIL.Image.Image, notes: list[str]) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:
+        notes.append("EXIF data unreadable: orientation ignored")
+        return 1
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 1-8 to an (H,W,C) array, as PIL.ImageOps.exif_transpose does."""
+    ops = {2: lambda x: x[:, ::-1],  # mirror
+           3: lambda x: x[::-1, ::-1],  # rotate 180
+           4: lambda x: x[::-1],  # flip
+           5: lambda x: x.transpose(1, 0, 2),  # transpose
+           6: lambda x: np.rot90(x, -1),  # rotate 90 clockwise
+           7: lambda x: x.transpose(1, 0, 2)[::-1, ::-1],  # transverse
+           8: lambda x: np.rot90(x, 1)}  # rotate 90 counter-clockwise
+    return ops[orientation](a) if orientation in ops else a
+
+
+def _to_image(a: np.ndarray, bit_depth: int, mode: str, path: Path | None = None,
+              notes: list[str] | None = None) -> Image:
+    """(H,W,C) float in [0,1], C in 1..4 (grey, grey+alpha, RGB, RGBA) -> Image."""
+    planes = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+    colour = 1 if planes.shape[0] <= 2 else 3
+    alpha = planes[colour:] if planes.shape[0] in (2, 4) else None
+    return Image(planes[:colour], alpha, bit_depth, mode, path, list(notes or []))
+
+
+# -- conversions for the Python API ----------------------------------------------------------------
+def from_pil(im: PIL.Image.Image, path: Path | None = None) -> Image:
+    """PIL image (any mode) -> :class:`Image`, with the mode rules of :func:`read_image`.
+
+    EXIF orientation is not applied here (call ``PIL.ImageOps.exif_transpose`` first if wanted).
+    """
+    notes: list[str] = []
+    im.load()
+    array, depth = _pil_array(im, notes)
+    return _to_image(array, depth, im.mode, path, notes)
+
+
+def as_image(x) -> Image:
+    """Accept an :class:`Image`, a PIL image, a numpy array or a torch tensor; return an :class:`Image`.
+
+    numpy: (H,W) or (H,W,C), C in 1..4 (grey, grey+alpha, RGB, RGBA); uint8 (0..255, bit_depth 8),
+    uint16 (0..65535, bit_depth 16) or float in [0,1] (bit_depth 8).
+    torch: (H,W) or (C,H,W), same channel rules; float in [0,1], or uint8.
+    Floats outside [0,1] (beyond 1e-3) raise ValueError; values are then clipped to [0,1].
+    """
+    if isinstance(x, Image):
+        return x
+    if isinstance(x, PIL.Image.Image):
+        return from_pil(x)
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        t = t[None] if t.dim() == 2 else t
+        if t.dim() != 3:
+            raise ValueError(f"expected a (C,H,W) or (H,W) tensor, got shape {tuple(x.shape)}")
+        a = (t.float() if t.dtype == torch.bfloat16 else t).permute(1, 2, 0).numpy()
+    elif isinstance(x, np.ndarray):
+        a = x[..., None] if x.ndim == 2 else x
+        if a.ndim != 3:
+            raise ValueError(f"expected an (H,W,C) or (H,W) array, got shape {x.shape}")
+    else:
+        raise TypeError(f"cannot make an image from {type(x).__name__}")
+    if a.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"expected 1 to 4 channels (grey, grey+alpha, RGB, RGBA), got {tuple(x.shape)}")
+    if a.dtype == np.uint8:
+        array, depth = a.astype(np.float32) / 255, 8
+    elif a.dtype == np.uint16:
+        array, depth = a.astype(np.float32) / 65535, 16
+    elif np.issubdtype(a.dtype, np.floating):
+        array, depth = np.nan_to_num(a.astype(np.float32)), 8
+        if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
+            raise ValueError(f"float image values must lie in [0,1], got {array.min():g}..{array.max():g} "
+                             "(divide 0..255 data by 255)")
+        array = array.clip(0, 1)
+    else:
+        raise TypeError(f"unsupported image dtype {a.dtype} (use uint8, uint16 or float in [0,1])")
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
+    return _to_image(array, depth, "I;16" if depth == 16 and mode == "L" else mode)
+
+
+def to_pil(image: Image | torch.Tensor, alpha: torch.Tensor | None = None,
+           bit_depth: int = 8) -> PIL.Image.Image:
+    """An :class:`Image`, or rgb (C,H,W) float in [0,1] (C=1 or 3) plus optional alpha (1,H,W), -> PIL.
+
+    Modes: L, LA, RGB, RGBA (8-bit), and I;16 for 16-bit grey without alpha. Pillow has no 16-bit
+    colour or grey+alpha mode, so those become 8-bit. Values are clipped to [0,1] and rounded.
+    """
+    if isinstance(image, Image):
+        image, alpha, bit_depth = image.rgb, image.alpha, image.bit_depth
+    return _pil_from_hwc(_hwc(image, alpha), bit_depth)
+
+
+def _pil_from_hwc(a: np.ndarray, bit_depth: int) -> PIL.Image.Image:
+    """float (H,W,C) in [0,1], C in 1..4 -> PIL L/LA/RGB/RGBA, or I;16 for 16-bit single channel."""
+    if bit_depth == 16 and a.shape[-1] == 1:
+        return PIL.Image.fromarray(_quantize(a[..., 0], 16))
+    u8 = _quantize(a, 8)
+    return PIL.Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8)
+
+
+def _hwc(rgb: torch.Tensor, alpha: torch.Tensor | None) -> np.ndarray:
+    """rgb (C,H,W), C=1 or 3, and alpha (1,H,W) or (H,W) or None -> float32 (H,W,C') clipped to [0,1]."""
+    rgb = torch.as_tensor(rgb).detach().cpu().float()
+    if rgb.dim() != 3 or rgb.shape[0] not in (1, 3):
+        raise ValueError(f"rgb must be a (1,H,W) or (3,H,W) tensor, got shape {tuple(rgb.shape)}")
+    if alpha is not None:
+        alpha = torch.as_tensor(alpha).detach().cpu().float().reshape(1, *rgb.shape[1:])
+        rgb = torch.cat([rgb, alpha])
+    return torch.nan_to_num(rgb, nan=0.0).clamp_(0, 1).permute(1, 2, 0).numpy()
+
+
+def _quantize(a: np.ndarray, bit_depth: int) -> np.ndarray:
+    """float in [0,1] -> uint8 (0..255) or uint16 (0..65535), rounded to nearest."""
+    if bit_depth == 8:
+        return (torch.from_numpy(a) * 255).round_().to(torch.uint8).numpy()
+    return (torch.from_numpy(a) * 65535).round_().to(torch.int32).numpy().astype(np.uint16)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
+                bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
+                overwrite: bool = True) -> Path:
+    """Write rgb (C,H,W) float in [0,1] (C=1 grey or 3 colour) and optional alpha (1,H,W) in [0,1].
+
+    Values are clipped to [0,1] and rounded to uint8, or uint16 with ``bit_depth=16``. The format
+    follows the extension (.png, .jpg/.jpeg at quality 95 with 4:4:4 chroma, .webp at quality 95, .bmp,
+    .tif/.tiff; no extension: PNG). 16-bit is written for PNG (any channels) and greyscale TIFF
+    without alpha; other targets fall back to 8-bit with a warning. JPEG and BMP cannot hold alpha:
+    it is dropped with a warning. Missing parent folders are created.
+
+    The write is atomic: a temporary file in the same folder is written, fsynced and renamed over
+    ``path``; on any error it is removed and ``path`` is left untouched.
+    Raises ValueError when ``path`` is one of ``inputs`` (never overwrite an input) or the extension is
+    unsupported, FileExistsError when it exists and ``overwrite`` is False. Returns ``path``.
+    """
+    path = Path(path)
+    fmt = _WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported extension (use {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise ValueError(f"{path}: refusing to overwrite an input file")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"{path}: bit_depth must be 8 or 16, got {bit_depth}")
+    a = _hwc(rgb, alpha)
+    if alpha is not None and fmt in ("JPEG", "BMP"):
+        warnings.warn(f"{path}: {fmt} has no alpha channel; alpha dropped", stacklevel=2)
+        a = a[..., :-1]
+    if bit_depth == 16 and fmt != "PNG" and not (fmt == "TIFF" and a.shape[-1] == 1):
+        warnings.warn(f"{path}: 16-bit output needs PNG (or greyscale TIFF); writing 8-bit", stacklevel=2)
+        bit_depth = 8
+    if bit_depth == 16 and fmt == "PNG":
+        data = _png16_bytes(_quantize(a, 16))
+    else:
+        im = _pil_from_hwc(a, bit_depth)
+        buffer = io.BytesIO()
+        im.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+        data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+    return path
+
+
+def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.PathLike] = (),
+               overwrite: bool = True) -> Path:
+    """Write an :class:`Image` (or anything :func:`as_image` accepts) keeping grey/colour, alpha and
+    bit depth; see :func:`write_image` for formats, atomicity and the input-protection rule."""
+    image = as_image(image)
+    return write_image(path, image.rgb, image.alpha, image.bit_depth, inputs=inputs, overwrite=overwrite)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, then rename it over ``path``."""
+    tmp = tempfile.NamedTemporaryFile(delete=False, dir=path.parent, prefix=f".{path.name}.",
+                                      suffix=path.suffix)
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o666 & ~_UMASK)  # NamedTemporaryFile creates 0600
+        os.replace(tmp.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise
+
+
+def _png16_bytes(a: np.ndarray) -> bytes:
+    """uint16 (H,W,C), C in 1..4 (grey, grey+alpha, RGB, RGBA) -> 16-bit PNG file bytes (Sub filter)."""
+    h, w, c = a.shape
+    rows = np.ascontiguousarray(a, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    bpp = 2 * c
+    filtered = rows.copy()
+    filtered[:, bpp:] -= rows[:, :-bpp]  # Sub filter: byte minus the byte one pixel left, mod 256
+    raw = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1).tobytes()  # filter type 1 per row
+    compressed = zlib.compress(raw, 6)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    step = 1 << 20
+    idat = b"".join(chunk(b"IDAT", compressed[i:i + step]) for i in range(0, len(compressed), step))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+
+
+# -- listing ---------------------------------------------------------------------------------------
+def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a list of image paths.
+
+    A folder gives its image files (by extension, case-insensitive; hidden files skipped), sorted by
+    name, not recursive. A path that is not a folder is kept as given, whatever its extension or
+    whether it exists, so that :func:`read_image` reports the problem with it.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+                             and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
+        else:
+            found.append(path)
+    return found

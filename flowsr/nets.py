@@ -1,0 +1,295 @@
+"""Conditional U-Net velocity network for flow-based super-resolution.
+
+The network predicts a velocity ``v(x, t | cond)`` (teacher) or an average velocity
+``u(x, t, h | cond)`` over the interval ``[t, t + h]`` (distilled few-step students, MeanFlow-style).
+
+Conventions shared by the whole package:
+
+* images are ``(B, 3, H, W)`` tensors with values roughly in ``[-1, 1]``;
+* time ``t`` runs from ``t = 0`` (noisy LR side, the source) to ``t = 1`` (HR side, the target);
+* ``cond`` is the clean bicubic-upsampled LR image in ``[-1, 1]``; a dropped condition
+  (classifier-free guidance) is passed as zeros: zeros = null condition.
+
+Architecture: DDPM/ADM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) with scale-shift (FiLM)
+conditioning on a time embedding. An interval embedding of ``h`` is added to the time embedding by a
+separate MLP whose last layer is zero-initialised, so a student initialised from a teacher's weights
+reproduces the teacher exactly, and ``h=0`` equals ``h=None`` bit for bit until that layer is trained.
+
+Attention uses plain ``matmul`` + ``softmax`` so that forward-mode AD (``torch.func.jvp``) works on
+CPU and CUDA. The module never changes memory format itself: callers may pass channels-last tensors
+on CUDA (``torch.func.jvp`` through ``GroupNorm`` on channels-last CPU tensors fails in torch 2.13).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["NetConfig", "UNet", "count_parameters", "timestep_embedding"]
+
+
+@dataclass
+class NetConfig:
+    """U-Net hyper-parameters.
+
+    ``channel_mult[i] * channels`` is the width at level ``i``; level ``i`` works at resolution
+    ``H / 2**i``. ``attention_levels`` lists the levels with self-attention; if it contains the
+    lowest level the middle block also gets attention.
+    """
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_blocks: int = 2
+    attention_levels: tuple[int, ...] = (3,)
+    dropout: float = 0.0
+    image_channels: int = 3
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_levels = tuple(int(a) for a in self.attention_levels)
+        if not self.channel_mult:
+            raise ValueError("channel_mult must have at least one level")
+        bad = [a for a in self.attention_levels if not 0 <= a < len(self.channel_mult)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} out of range for {len(self.channel_mult)} levels")
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Total number of parameters of ``net``."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of ``1000 * t``: ``(B,)`` -> ``(B, dim)`` as ``[cos, sin]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    args = (1000.0 * t)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)
+    return emb
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= 32 that divides ``channels``."""
+    groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` in place and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, then FiLM from the embedding on the second norm, dropout,
+    zero-initialised conv3x3; 1x1 skip when the width changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = _group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over pixels with a zero-initialised output projection.
+
+    Plain ``softmax(q k^T / sqrt(d)) v`` so forward-mode AD works everywhere.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        head_dim = 64 if channels % 64 == 0 else 32 if channels % 32 == 0 else channels
+        self.num_heads = channels // head_dim
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        b, c, hgt, wid = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, hgt * wid)
+        q, k, v = qkv.unbind(1)  # each (B, heads, d, N)
+        scale = (c // self.num_heads) ** -0.5
+        attn = torch.softmax(q.transpose(-1, -2) @ k * scale, dim=-1)  # (B, heads, N, N)
+        out = (v @ attn.transpose(-1, -2)).reshape(b, c, hgt, wid)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv3x3."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then conv3x3."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Stage(nn.Module):
+    """ResBlock, optional attention, optional resampling, applied in that order."""
+
+    def __init__(self, res: ResBlock, attn: bool, up: bool = False) -> None:
+        super().__init__()
+        self.res = res
+        ch = res.conv2.out_channels
+        self.attn = AttentionBlock(ch) if attn else None
+        self.up = Upsample(ch) if up else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        x = self.res(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.up is not None:
+            x = self.up(x)
+        return x
+
+
+def _embedding_mlp(in_dim: int, emb_dim: int, zero_last: bool) -> nn.Sequential:
+    last = nn.Linear(emb_dim, emb_dim)
+    return nn.Sequential(nn.Linear(in_dim, emb_dim), nn.SiLU(), _zero(last) if zero_last else last)
+
+
+class UNet(nn.Module):
+    """Velocity network ``(x, t, cond, h) -> v``.
+
+    The stem sees ``cat([x, cond])`` (``2 * image_channels`` channels). The embedding is
+    ``time_mlp(sin(1000 t)) + interval_mlp(sin(1000 h))``; ``interval_mlp`` ends in a zero-initialised
+    linear layer and is always present, so teachers and students share one ``state_dict`` layout.
+    """
+
+    def __init__(self, cfg: NetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg if cfg is not None else NetConfig()
+        self.cfg = cfg
+        ch = cfg.channels
+        emb_dim = 4 * ch
+        levels = len(cfg.channel_mult)
+
+        self.time_mlp = _embedding_mlp(ch, emb_dim, zero_last=False)
+        self.interval_mlp = _embedding_mlp(ch, emb_dim, zero_last=True)
+        self.stem = nn.Conv2d(2 * cfg.image_channels, ch, 3, padding=1)
+
+        # encoder: num_blocks stages per level, downsampling between levels
+        self.down = nn.ModuleList()
+        skip_chs = [ch]
+        for level, mult in enumerate(cfg.channel_mult):
+            out = cfg.channels * mult
+            for _ in range(cfg.num_blocks):
+                res = ResBlock(ch, out, emb_dim, cfg.dropout)
+                self.down.append(_Stage(res, attn=level in cfg.attention_levels))
+                ch = out
+                skip_chs.append(ch)
+            if level != levels - 1:
+                self.down.append(Downsample(ch))
+                skip_chs.append(ch)
+
+        # middle: res, attention (if the lowest level has attention), res
+        self.mid = nn.ModuleList(
+            [
+                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout), attn=levels - 1 in cfg.attention_levels),
+                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout), attn=False),
+            ]
+        )
+
+        # decoder: num_blocks + 1 stages per level, each eating one skip, upsampling between levels
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            out = cfg.channels * mult
+            for i in range(cfg.num_blocks + 1):
+                res = ResBlock(ch + skip_chs.pop(), out, emb_dim, cfg.dropout)
+                up = level != 0 and i == cfg.num_blocks
+                self.up.append(_Stage(res, attn=level in cfg.attention_levels, up=up))
+                ch = out
+
+        self.out_norm = _group_norm(ch)
+        self.out_conv = nn.Conv2d(ch, cfg.image_channels, 3, padding=1)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W of the input must be multiples of this (``2 ** (levels - 1)``)."""
+        return 2 ** (len(self.cfg.channel_mult) - 1)
+
+    def _as_batch(self, v: Tensor | float, batch: int, ref: Tensor) -> Tensor:
+        """Scalar or ``(B,)`` time-like value -> floating ``(B,)`` tensor on ``ref``'s device."""
+        v = torch.as_tensor(v, device=ref.device)
+        if not v.is_floating_point():
+            v = v.float()
+        if v.numel() == 1:
+            return v.reshape(()).expand(batch)
+        if v.shape != (batch,):
+            raise ValueError(f"time tensor must be a scalar or of shape ({batch},), got {tuple(v.shape)}")
+        return v
+
+    def _embed(self, mlp: nn.Sequential, v: Tensor) -> Tensor:
+        feats = timestep_embedding(v, self.cfg.channels)
+        return mlp(feats.to(mlp[0].weight.dtype))
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor, h: Tensor | float | None = None) -> Tensor:
+        """Predict the velocity.
+
+        Args:
+            x: ``(B, C, H, W)`` current state, values roughly in ``[-1, 1]``; ``H`` and ``W`` multiples of
+                :attr:`size_multiple`.
+            t: scalar or ``(B,)`` time in ``[0, 1]`` (0 = noisy LR side, 1 = HR side).
+            cond: ``(B, C, H, W)`` bicubic-upsampled LR image in ``[-1, 1]``; zeros = null condition.
+            h: optional scalar or ``(B,)`` interval length in ``[0, 1]``; the output is then the average
+                velocity over ``[t, t + h]``. ``None`` means ``h = 0``.
+
+        Returns:
+            ``(B, C, H, W)`` velocity (in the dtype produced by the last conv).
+        """
+        if x.ndim != 4 or cond.shape != x.shape:
+            raise ValueError(
+                f"x and cond must both be (B, C, H, W); got {tuple(x.shape)} and {tuple(cond.shape)}"
+            )
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(
+                f"input H, W = {tuple(x.shape[-2:])} must be multiples of {m}; pad the input first"
+            )
+        batch = x.shape[0]
+
+        emb = self._embed(self.time_mlp, self._as_batch(t, batch, x))
+        if h is not None:
+            emb = emb + self._embed(self.interval_mlp, self._as_batch(h, batch, x))
+
+        hid = self.stem(torch.cat([x, cond], dim=1))
+        skips = [hid]
+        for block in self.down:
+            hid = block(hid, emb)
+            skips.append(hid)
+        for block in self.mid:
+            hid = block(hid, emb)
+        for block in self.up:
+            hid = block(torch.cat([hid, skips.pop()], dim=1), emb)
+        return self.out_conv(F.silu(self.out_norm(hid)))

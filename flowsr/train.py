@@ -1,0 +1,324 @@
+"""One training loop for every objective: CPU, one GPU, or several with ``torchrun`` (DDP).
+
+The loop never branches on the objective: ``build_loss`` binds the objective's hyper-parameters (and
+the frozen teacher, for distillation) into a ``loss_fn(net, batch) -> (loss, logs)``.
+Checkpoints hold the model, EMA, optimizer, step and every RNG state, so ``--resume`` continues the
+exact same run (same crops, same noise, same loss sequence).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from flowsr import objectives
+from flowsr.checkpoint import (
+    ModelLoadError,
+    load_model_dir,
+    load_training_checkpoint,
+    save_model_dir,
+    save_training_checkpoint,
+)
+from flowsr.config import ModelConfig, TrainConfig
+from flowsr.data import load_images, make_batch, uint8_hwc
+from flowsr.io import read_image
+from flowsr.metrics import psnr
+from flowsr.nets import UNet, count_parameters
+from flowsr.ops import imresize, modcrop
+
+KIND_OF_OBJECTIVE = {"flow_matching": "flow", "regression": "regression", "oftsr": "oftsr",
+                     "meanflow": "meanflow"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def build_loss(cfg: TrainConfig, teacher=None):
+    """The objective of ``cfg`` as ``loss_fn(net, batch) -> (loss, logs)``."""
+    if cfg.objective == "flow_matching":
+        return partial(objectives.flow_matching_loss, sigma_p=cfg.sigma_p, p_drop=cfg.p_drop,
+                       loss=cfg.loss, time_sampler=cfg.time_sampler)
+    if cfg.objective == "regression":
+        return partial(objectives.regression_loss)
+    if cfg.objective == "oftsr":
+        return partial(objectives.oftsr_loss, teacher=teacher, sigma_p=cfg.sigma_p, s_min=cfg.s_min,
+                       s_max=cfg.s_max, delta=cfg.delta, w_boundary=cfg.w_boundary, w_align=cfg.w_align)
+    return partial(objectives.meanflow_loss, teacher=teacher, guidance=cfg.guidance,
+                   target=cfg.mf_target, omega=cfg.mf_omega, kappa=cfg.mf_kappa, sigma_p=cfg.sigma_p,
+                   p_equal=cfg.p_equal, adaptive_p=cfg.adaptive_p, adaptive_c=cfg.adaptive_c,
+                   p_drop=cfg.p_drop)
+
+
+def model_config(cfg: TrainConfig, training: dict) -> ModelConfig:
+    kind = KIND_OF_OBJECTIVE[cfg.objective]
+    steps = cfg.default_steps or (4 if kind == "flow" else 1)
+    return ModelConfig(kind=kind, scale=cfg.scale, net=copy.deepcopy(cfg.net), sigma_p=cfg.sigma_p,
+                       default_steps=steps, name=cfg.preset, training=training)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``lr * lr_min_ratio`` at ``max_steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
+    return cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    for target, value in zip(ema.parameters(), net.parameters()):
+        target.lerp_(value.detach(), 1 - decay)
+    for target, value in zip(ema.buffers(), net.buffers()):
+        target.copy_(value)
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _rng_state(device: torch.device, crops) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "crops": crops.state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _gather_rng(state: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, keyed ``{name}.{rank}`` (so a DDP run resumes exactly too)."""
+    if world == 1:
+        return {f"{k}.0": v for k, v in state.items()}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, state)
+    return {f"{k}.{r}": v for r, s in enumerate(gathered) for k, v in s.items()}
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], rank: int, device, crops) -> None:
+    torch.set_rng_state(rng[f"torch.{rank}"])
+    crops.set_state(rng[f"crops.{rank}"])
+    if device.type == "cuda" and f"cuda.{rank}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda.{rank}"], device)
+
+
+def load_teacher(spec: str, device) -> tuple[UNet, ModelConfig]:
+    from flowsr.pipeline import bundled_models
+
+    path = bundled_models().get(spec, Path(spec))
+    teacher, config = load_model_dir(path, device)
+    if config.kind != "flow":
+        raise ModelLoadError(f"{path}: a teacher must be a flow model, this one is {config.kind!r}")
+    return teacher, config
+
+
+@torch.no_grad()
+def validate(net: UNet, model_cfg: ModelConfig, images: list[np.ndarray], device) -> float:
+    """Mean PSNR-Y (crop = scale) of the model's default sampler on HR images (uint8 HWC)."""
+    from flowsr.pipeline import Upscaler
+
+    upscaler = Upscaler(net, model_cfg, "validation", device=str(device), dtype="fp32")
+    scores = []
+    for index, hr in enumerate(images):
+        lq = torch.from_numpy(imresize(hr, scale=1 / model_cfg.scale)).permute(2, 0, 1)[None] / 255
+        sr = upscaler.upscale_tensor(lq.float(), seed=index)[0]
+        scores.append(psnr(uint8_hwc(sr), hr, crop_border=model_cfg.scale))
+    return float(np.mean(scores))
+
+
+def _validation_images(cfg: TrainConfig) -> list[np.ndarray]:
+    if not cfg.val_data or cfg.val_images <= 0 or not Path(cfg.val_data).is_dir():
+        return []
+    from flowsr.data import find_images
+
+    images = []
+    for path in find_images(cfg.val_data)[: cfg.val_images]:
+        rgb = read_image(path).rgb
+        rgb = rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb
+        images.append(modcrop(uint8_hwc(rgb), cfg.scale))
+    return images
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
+    """Train ``cfg`` into ``out``; returns the model directory (``out`` itself).
+
+    ``out`` receives ``model.safetensors`` + ``config.json`` (EMA weights), ``checkpoint.safetensors``
+    (everything to resume), ``log.jsonl`` and ``train_config.json``.
+    """
+    cfg.validate()
+    out = Path(out)
+    rank, world, device = _setup_distributed(cfg.device)
+    is_main = rank == 0
+    checkpoint_path = out / "checkpoint.safetensors"
+    if is_main and not resume and checkpoint_path.exists():
+        raise FileExistsError(f"{out}: already holds a training run; pass --resume to continue it "
+                              "or choose another --out")
+    if resume and not checkpoint_path.exists():
+        raise FileNotFoundError(f"{checkpoint_path}: nothing to resume")
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    # networks: a student starts as a copy of its teacher (interval embedding zero: exact at h=0)
+    teacher = None
+    if cfg.objective in ("oftsr", "meanflow") and cfg.teacher:
+        teacher, teacher_cfg = load_teacher(cfg.teacher, device)
+        cfg.net, cfg.sigma_p, cfg.scale = copy.deepcopy(teacher_cfg.net), teacher_cfg.sigma_p, teacher_cfg.scale
+    net = UNet(cfg.net)
+    if teacher is not None:
+        net.load_state_dict(teacher.state_dict())
+    net.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                  weight_decay=cfg.weight_decay)
+    loss_fn = build_loss(cfg, teacher)
+
+    from flowsr.data import RandomCrops
+
+    crops = RandomCrops(load_images(cfg.data, cfg.crop), cfg.crop, cfg.batch_size,
+                        seed=cfg.seed * 1000 + rank)
+    degrade = None
+    if cfg.degradation == "realesrgan":
+        from flowsr.degradations import RealESRGANConfig, degrade as realesrgan
+
+        deg_cfg = (RealESRGANConfig.from_yaml(cfg.degradation_config) if cfg.degradation_config
+                   else RealESRGANConfig())
+        deg_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1)
+        degrade = partial(realesrgan, cfg=deg_cfg, scale=cfg.scale, generator=deg_generator)
+
+    start, wall_before = 0, 0.0
+    if resume:
+        start, meta, rng = load_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer)
+        _restore_rng(rng, rank, device, crops)
+        wall_before = meta.get("wall_seconds", 0.0)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        _truncate_log(out / "log.jsonl", start)
+
+    model = net
+    if world > 1:
+        unused = cfg.objective in ("flow_matching", "regression")  # the interval embedding is idle
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    if cfg.compile:
+        model = torch.compile(model)
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    writer = _tensorboard(out) if is_main else None
+    val_images = _validation_images(cfg) if is_main else []
+    if is_main:
+        print(f"training {cfg.preset} ({cfg.objective}) on {device} x{world}: "
+              f"{count_parameters(net) / 1e6:.2f} M parameters, steps {start} -> {cfg.max_steps}")
+
+    def save(step: int, wall: float) -> None:
+        rng = _gather_rng(_rng_state(device, crops), world)
+        if not is_main:
+            return
+        training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
+                    "crop": cfg.crop, "wall_seconds": round(wall, 1), "device": _device_name(device),
+                    "teacher": cfg.teacher, "degradation": cfg.degradation}
+        save_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer, step=step,
+                                 meta={"wall_seconds": wall, "config": asdict(cfg)}, rng=rng)
+        save_model_dir(out, ema, model_config(cfg, training))
+
+    started = time.perf_counter()
+    progress = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps,
+                    disable=not is_main, dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        batch = make_batch(crops.next(), cfg.scale, device, degrade)
+        if device.type == "cuda" and cfg.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, logs = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step}; the last good checkpoint "
+                                   f"({checkpoint_path}) is kept")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema_update(ema, net, min(cfg.ema, (1 + step) / (10 + step)))
+        window_steps += 1
+
+        done = step + 1
+        if is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
+            rate = window_steps / (time.perf_counter() - window_start)
+            window_start, window_steps = time.perf_counter(), 0
+            row = {"step": done, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+                   "grad_norm": float(grad_norm), "it_per_s": rate, **logs}
+            _log(out, writer, row)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{rate:.1f}")
+        if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
+            save(done, wall_before + time.perf_counter() - started)
+        if is_main and val_images and (done % cfg.val_every == 0 or done == cfg.max_steps):
+            score = validate(ema, model_config(cfg, {}), val_images, device)
+            _log(out, writer, {"step": done, "val_psnr_y": score})
+            progress.write(f"step {done}: validation PSNR-Y {score:.2f} dB")
+    if start >= cfg.max_steps and is_main:
+        print(f"{out}: already trained to step {start} (max_steps={cfg.max_steps})")
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _log(out: Path, writer, row: dict) -> None:
+    with open(out / "log.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, row["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (a killed run may have left some)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def read_log(out: str | Path) -> list[dict]:
+    """Rows of ``log.jsonl`` (training rows and validation rows)."""
+    path = Path(out) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

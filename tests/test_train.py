@@ -1,0 +1,114 @@
+"""The training loop: checkpoint round trip, exact resume, DDP with torchrun, presets and overrides."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import TINY_OVERRIDES
+from safetensors.torch import load_file
+
+import flowsr.train as train_module
+from flowsr.checkpoint import load_model_dir
+from flowsr.config import apply_overrides, preset
+from flowsr.train import read_log, train
+
+
+def tiny_config(data, *extra):
+    cfg = preset("tiny-teacher")
+    return apply_overrides(cfg, [*TINY_OVERRIDES, f"data={data}", "max_steps=6", *extra])
+
+
+def losses(out):
+    return [row["loss"] for row in read_log(out) if "loss" in row]
+
+
+def test_run_writes_a_loadable_model(image_folder, tmp_path):
+    out = train(tiny_config(image_folder), tmp_path / "run")
+    net, config = load_model_dir(out)
+    assert config.kind == "flow" and config.training["steps"] == 6
+    assert len(losses(out)) == 6 and all(torch.isfinite(torch.tensor(losses(out))))
+    x = torch.zeros(1, 3, 32, 32)
+    assert net(x, torch.zeros(1), x).shape == x.shape
+
+
+def test_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    reference = train(tiny_config(image_folder), tmp_path / "reference")
+
+    calls = {"n": 0}
+    real_make_batch = train_module.make_batch
+
+    def interrupted_make_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # steps 1-4 ran; the checkpoint at step 3 is the last one
+            raise KeyboardInterrupt
+        return real_make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", interrupted_make_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(image_folder), tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    assert len(losses(tmp_path / "resumed")) == 4
+    train(tiny_config(image_folder), tmp_path / "resumed", resume=True)
+
+    assert losses(tmp_path / "resumed") == losses(reference)
+    final = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    expected = load_file(str(reference / "model.safetensors"))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_fresh_run_refuses_to_overwrite_a_run(image_folder, tmp_path):
+    out = train(tiny_config(image_folder, "max_steps=3"), tmp_path / "run")
+    before = (out / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(image_folder), out)
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_empty_training_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no usable training images"):
+        train(tiny_config(tmp_path / "empty"), tmp_path / "run")
+
+
+def test_distillation_students_start_from_the_teacher(image_folder, tmp_path):
+    teacher = train(tiny_config(image_folder, "max_steps=3"), tmp_path / "teacher")
+    for name in ("tiny-oftsr", "tiny-meanflow"):
+        cfg = apply_overrides(preset(name), [*TINY_OVERRIDES, f"data={image_folder}", "max_steps=2",
+                                             f"teacher={teacher}"])
+        out = train(cfg, tmp_path / name)
+        _, config = load_model_dir(out)
+        assert config.kind == name.split("-")[1] and config.default_steps == 1
+        assert len(losses(out)) == 2
+
+
+def test_overrides_are_checked():
+    cfg = preset("tiny-teacher")
+    apply_overrides(cfg, ["net.channels=8", "lr=0.5", "channels_last=false", "net.channel_mult=1,2"])
+    assert cfg.net.channels == 8 and cfg.lr == 0.5 and cfg.channels_last is False
+    assert cfg.net.channel_mult == (1, 2)
+    with pytest.raises(ValueError, match="unknown config key"):
+        apply_overrides(cfg, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(cfg, ["max_steps=ten"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+def test_torchrun_two_gloo_processes(image_folder, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "flowsr", "train",
+               "--preset", "tiny-teacher", "--out", str(out), *TINY_OVERRIDES, f"data={image_folder}",
+               "max_steps=3", "device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    net, config = load_model_dir(out)
+    assert config.training["batch_size"] == 4  # 2 per process x 2 processes
+    assert json.loads((out / "train_config.json").read_text())["max_steps"] == 3
