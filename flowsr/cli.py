@@ -79,13 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--seed", type=int, default=0)
 
     commands.add_parser("models", help="list bundled models")
+
+    bn = commands.add_parser("bench", help="measure inference (or training) speed")
+    bn.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
+    bn.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
+    bn.add_argument("--t", type=float, default=None)
+    bn.add_argument("--size", type=int, default=512, help="output side in pixels")
+    bn.add_argument("--batch", type=int, default=1)
+    bn.add_argument("--repeat", type=int, default=10)
+    bn.add_argument("--compile", action="store_true", help="torch.compile the network")
+    bn.add_argument("--matmul", action="store_true", help="also measure the card's bf16 matmul rate")
+    bn.add_argument("--train", default=None, metavar="PRESET",
+                    help="instead: seconds per training step of every objective for this preset's network")
+    bn.add_argument("--crop", type=int, default=None, help="with --train: HR crop size")
+    bn.add_argument("--json", default=None)
+    bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bn.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "degrade": cmd_degrade,
-               "models": cmd_models}[args.command]
+               "models": cmd_models, "bench": cmd_bench}[args.command]
     from flowsr.checkpoint import ModelLoadError
     from flowsr.evaluate import DataError
 
@@ -246,7 +262,8 @@ def cmd_degrade(args) -> int:
     output_dir = Path(args.output)
     degrade = None
     if args.kind == "realesrgan":
-        from flowsr.degradations import RealESRGANConfig, degrade as realesrgan
+        from flowsr.degradations import RealESRGANConfig
+        from flowsr.degradations import degrade as realesrgan
 
         cfg = RealESRGANConfig.from_yaml(args.config) if args.config else RealESRGANConfig()
         degrade = (cfg, realesrgan)
@@ -299,6 +316,91 @@ def cmd_models(args) -> int:
         print(f"{name + marker:<18} {config.kind:<10} x{config.scale:<4} {params / 1e6:>7.2f}M  "
               f"steps {config.default_steps:<8} {trained}")
     return 0
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from flowsr import bench
+    from flowsr.pipeline import Settings, load, resolve_device
+
+    if args.train:
+        rows = bench_training(args)
+        keys = ["objective", "batch", "crop", "s_per_step", "steps_per_s", "vs_flow_matching"]
+    else:
+        rows = []
+        for spec in args.model:
+            model = load(spec, device=args.device, dtype=args.dtype)
+            if args.compile and model.net is not None:
+                model.net = torch.compile(model.net)
+            kind = model.config.kind if model.config else "bicubic"
+            steps_list = args.steps if kind in ("flow", "meanflow") and args.steps else [None]
+            for steps in steps_list:
+                settings = Settings(steps=steps, t=args.t if kind in ("oftsr", "meanflow") else None)
+                rows.append(bench.bench_inference(model, settings, args.size, args.batch, repeat=args.repeat))
+        device = resolve_device(args.device)
+        if args.matmul and device.type == "cuda":
+            peak = bench.matmul_tflops(device)
+            for row in rows:
+                row["matmul_tflops"] = peak
+                row["fraction_of_matmul"] = row["achieved_tflops"] / peak
+        keys = ["model", "steps", "nfe", "size", "batch", "latency_ms_median", "latency_ms_p90",
+                "megapixels_per_s", "peak_memory_mb", "gflops_per_image", "achieved_tflops"]
+        if args.matmul and device.type == "cuda":
+            keys.append("fraction_of_matmul")
+    print(bench.format_rows(rows, keys))
+    if args.json:
+        from flowsr.checkpoint import atomic_write
+
+        payload = {"machine": _machine(args.device), "rows": rows}
+        atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _machine(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def bench_training(args) -> list[dict]:
+    """Seconds per step of each objective, same network and batch, in one run."""
+    import torch
+
+    from flowsr import bench
+    from flowsr.config import preset
+    from flowsr.nets import UNet
+    from flowsr.pipeline import resolve_device
+    from flowsr.train import build_loss
+
+    cfg = preset(args.train)
+    device = resolve_device(args.device)
+    batch_size = args.batch if args.batch > 1 else cfg.batch_size
+    crop = args.crop or cfg.crop
+    torch.manual_seed(0)
+    net = UNet(cfg.net).to(device)
+    teacher = UNet(cfg.net).to(device).requires_grad_(False).eval()
+    if device.type == "cuda":
+        net, teacher = net.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
+    gt = torch.rand(batch_size, 3, crop, crop, device=device) * 2 - 1
+    batch = {"gt": gt, "cond": (gt + 0.1 * torch.randn_like(gt)).clamp(-1, 1)}
+    rows = []
+    for objective in ("flow_matching", "regression", "oftsr", "meanflow"):
+        cfg.objective = objective
+        seconds = bench.bench_train_step(cfg, build_loss(cfg, teacher), net, batch)
+        rows.append({"objective": objective, "batch": batch_size, "crop": crop, "s_per_step": seconds,
+                     "steps_per_s": 1 / seconds, "device": str(device)})
+    for row in rows:
+        row["vs_flow_matching"] = row["s_per_step"] / rows[0]["s_per_step"]
+    return rows
 
 
 if __name__ == "__main__":

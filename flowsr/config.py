@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 16  # per process
     # optimisation
     max_steps: int = 2000
+    time_limit: float = 0.0  # seconds; > 0: stop at this wall time, the LR decay finishing there too
     lr: float = 2e-4
     lr_min_ratio: float = 0.1  # cosine decay to lr * lr_min_ratio
     warmup: int = 100
@@ -232,8 +233,8 @@ def _yaml_value(value) -> str:
 # ---------------------------------------------------------------------------------------------
 # Presets. "tiny-*" train on a CPU in minutes; "*-x4" are the GPU sizes of the shipped models.
 
-TINY_NET = dict(channels=32, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=())
-GPU_NET = dict(channels=64, channel_mult=(1, 2, 2, 2), num_blocks=2, attention_levels=(3,))
+TINY_NET = dict(channels=48, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(), patch=4)
+GPU_NET = dict(channels=48, channel_mult=(1, 2, 2, 2), num_blocks=2, attention_levels=(), patch=2)
 
 
 def _tiny(**kw) -> TrainConfig:

@@ -47,12 +47,19 @@ class NetConfig:
     attention_levels: tuple[int, ...] = (3,)
     dropout: float = 0.0
     image_channels: int = 3
+    patch: int = 1  # pixel-unshuffle factor at the stem (2: the U-Net works at half resolution)
+    norm: str = "channel"  # "channel": per-pixel LayerNorm over channels (local: tiles match the
+    # whole image); "group": GroupNorm (ADM), whose statistics span the whole image
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_levels = tuple(int(a) for a in self.attention_levels)
         if not self.channel_mult:
             raise ValueError("channel_mult must have at least one level")
+        if self.norm not in ("channel", "group"):
+            raise ValueError(f"norm must be 'channel' or 'group', not {self.norm!r}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be >= 1, got {self.patch}")
         bad = [a for a in self.attention_levels if not 0 <= a < len(self.channel_mult)]
         if bad:
             raise ValueError(f"attention_levels {bad} out of range for {len(self.channel_mult)} levels")
@@ -74,8 +81,18 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return emb
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= 32 that divides ``channels``."""
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a (B,C,H,W) tensor: purely local, so an image
+    processed in tiles normalises exactly as when processed whole (unlike GroupNorm)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _norm(channels: int, kind: str) -> nn.Module:
+    """ChannelNorm, or (``kind="group"``) GroupNorm with the largest group count <= 32 dividing ``channels``."""
+    if kind == "channel":
+        return ChannelNorm(channels, eps=1e-6)
     groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
@@ -88,15 +105,16 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, then FiLM from the embedding on the second norm, dropout,
+    """Norm -> SiLU -> conv3x3, then FiLM from the embedding on the second norm, dropout,
     zero-initialised conv3x3; 1x1 skip when the width changes."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, norm: str = "channel") -> None:
         super().__init__()
-        self.norm1 = _group_norm(in_ch)
+        self.norm = norm
+        self.norm1 = _norm(in_ch, norm)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = _group_norm(out_ch)
+        self.norm2 = _norm(out_ch, norm)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -115,11 +133,11 @@ class AttentionBlock(nn.Module):
     Plain ``softmax(q k^T / sqrt(d)) v`` so forward-mode AD works everywhere.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "channel") -> None:
         super().__init__()
         head_dim = 64 if channels % 64 == 0 else 32 if channels % 32 == 0 else channels
         self.num_heads = channels // head_dim
-        self.norm = _group_norm(channels)
+        self.norm = _norm(channels, norm)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -162,7 +180,7 @@ class _Stage(nn.Module):
         super().__init__()
         self.res = res
         ch = res.conv2.out_channels
-        self.attn = AttentionBlock(ch) if attn else None
+        self.attn = AttentionBlock(ch, res.norm) if attn else None
         self.up = Upsample(ch) if up else None
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -197,7 +215,7 @@ class UNet(nn.Module):
 
         self.time_mlp = _embedding_mlp(ch, emb_dim, zero_last=False)
         self.interval_mlp = _embedding_mlp(ch, emb_dim, zero_last=True)
-        self.stem = nn.Conv2d(2 * cfg.image_channels, ch, 3, padding=1)
+        self.stem = nn.Conv2d(2 * cfg.image_channels * cfg.patch**2, ch, 3, padding=1)
 
         # encoder: num_blocks stages per level, downsampling between levels
         self.down = nn.ModuleList()
@@ -205,7 +223,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(cfg.channel_mult):
             out = cfg.channels * mult
             for _ in range(cfg.num_blocks):
-                res = ResBlock(ch, out, emb_dim, cfg.dropout)
+                res = ResBlock(ch, out, emb_dim, cfg.dropout, cfg.norm)
                 self.down.append(_Stage(res, attn=level in cfg.attention_levels))
                 ch = out
                 skip_chs.append(ch)
@@ -216,8 +234,8 @@ class UNet(nn.Module):
         # middle: res, attention (if the lowest level has attention), res
         self.mid = nn.ModuleList(
             [
-                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout), attn=levels - 1 in cfg.attention_levels),
-                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout), attn=False),
+                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.norm), attn=levels - 1 in cfg.attention_levels),
+                _Stage(ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.norm), attn=False),
             ]
         )
 
@@ -226,24 +244,24 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             out = cfg.channels * mult
             for i in range(cfg.num_blocks + 1):
-                res = ResBlock(ch + skip_chs.pop(), out, emb_dim, cfg.dropout)
+                res = ResBlock(ch + skip_chs.pop(), out, emb_dim, cfg.dropout, cfg.norm)
                 up = level != 0 and i == cfg.num_blocks
                 self.up.append(_Stage(res, attn=level in cfg.attention_levels, up=up))
                 ch = out
 
-        self.out_norm = _group_norm(ch)
-        self.out_conv = nn.Conv2d(ch, cfg.image_channels, 3, padding=1)
+        self.out_norm = _norm(ch, cfg.norm)
+        self.out_conv = nn.Conv2d(ch, cfg.image_channels * cfg.patch**2, 3, padding=1)
 
     @property
     def size_multiple(self) -> int:
-        """H and W of the input must be multiples of this (``2 ** (levels - 1)``)."""
-        return 2 ** (len(self.cfg.channel_mult) - 1)
+        """H and W of the input must be multiples of this (``patch * 2 ** (levels - 1)``)."""
+        return self.cfg.patch * 2 ** (len(self.cfg.channel_mult) - 1)
 
     def _as_batch(self, v: Tensor | float, batch: int, ref: Tensor) -> Tensor:
-        """Scalar or ``(B,)`` time-like value -> floating ``(B,)`` tensor on ``ref``'s device."""
+        """Scalar or ``(B,)`` time-like value -> ``(B,)`` tensor in float32 (float64 for float64 nets)."""
         v = torch.as_tensor(v, device=ref.device)
-        if not v.is_floating_point():
-            v = v.float()
+        if v.dtype != torch.float64:  # half precision would ruin sin(1000 t)
+            v = v.to(torch.float64 if ref.dtype == torch.float64 else torch.float32)
         if v.numel() == 1:
             return v.reshape(()).expand(batch)
         if v.shape != (batch,):
@@ -269,21 +287,17 @@ class UNet(nn.Module):
             ``(B, C, H, W)`` velocity (in the dtype produced by the last conv).
         """
         if x.ndim != 4 or cond.shape != x.shape:
-            raise ValueError(
-                f"x and cond must both be (B, C, H, W); got {tuple(x.shape)} and {tuple(cond.shape)}"
-            )
+            raise ValueError(f"x and cond must both be (B, C, H, W); got {tuple(x.shape)} and {tuple(cond.shape)}")
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(
-                f"input H, W = {tuple(x.shape[-2:])} must be multiples of {m}; pad the input first"
-            )
+            raise ValueError(f"input H, W = {tuple(x.shape[-2:])} must be multiples of {m}; pad the input first")
         batch = x.shape[0]
 
         emb = self._embed(self.time_mlp, self._as_batch(t, batch, x))
         if h is not None:
             emb = emb + self._embed(self.interval_mlp, self._as_batch(h, batch, x))
 
-        hid = self.stem(torch.cat([x, cond], dim=1))
+        hid = self.stem(F.pixel_unshuffle(torch.cat([x, cond], dim=1), self.cfg.patch))
         skips = [hid]
         for block in self.down:
             hid = block(hid, emb)
@@ -292,4 +306,4 @@ class UNet(nn.Module):
             hid = block(hid, emb)
         for block in self.up:
             hid = block(torch.cat([hid, skips.pop()], dim=1), emb)
-        return self.out_conv(F.silu(self.out_norm(hid)))
+        return F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(hid))), self.cfg.patch)

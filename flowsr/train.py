@@ -68,11 +68,14 @@ def model_config(cfg: TrainConfig, training: dict) -> ModelConfig:
                        default_steps=steps, name=cfg.preset, training=training)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``lr * lr_min_ratio`` at ``max_steps``."""
+def lr_at(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr * lr_min_ratio`` at ``max_steps`` (or at
+    ``time_limit`` seconds, whichever comes first)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
+    if cfg.time_limit > 0:
+        progress = min(1.0, max(progress, elapsed / cfg.time_limit))
     return cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -200,7 +203,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
                         seed=cfg.seed * 1000 + rank)
     degrade = None
     if cfg.degradation == "realesrgan":
-        from flowsr.degradations import RealESRGANConfig, degrade as realesrgan
+        from flowsr.degradations import RealESRGANConfig
+        from flowsr.degradations import degrade as realesrgan
 
         deg_cfg = (RealESRGANConfig.from_yaml(cfg.degradation_config) if cfg.degradation_config
                    else RealESRGANConfig())
@@ -248,8 +252,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
                     disable=not is_main, dynamic_ncols=True)
     window_start, window_steps = time.perf_counter(), 0
     for step in progress:
+        elapsed = wall_before + time.perf_counter() - started
+        if cfg.time_limit > 0 and _agree(elapsed >= cfg.time_limit, world, device):
+            save(step, elapsed)
+            if is_main:
+                progress.write(f"time limit {cfg.time_limit:.0f} s reached at step {step}")
+            break
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
+            group["lr"] = lr_at(cfg, step, elapsed)
         batch = make_batch(crops.next(), cfg.scale, device, degrade)
         if device.type == "cuda" and cfg.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
@@ -286,6 +296,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     if world > 1:
         dist.barrier()
     return out
+
+
+def _agree(flag: bool, world: int, device) -> bool:
+    """Rank 0's decision, shared with every rank (so all stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.broadcast(value, 0)
+    return bool(value.item())
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,0 +1,119 @@
+"""Speed benchmarks: inference latency/throughput/memory/FLOPs, and training step time per objective.
+
+Numbers are printed and written as JSON; they are never asserted in tests. Compare timings only
+within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from flowsr.pipeline import Settings, Upscaler
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
+
+
+def flops_per_pixel(upscaler: Upscaler, size: int) -> float:
+    """Network FLOPs of one evaluation per output pixel (0 for bicubic), counted on a small input."""
+    if upscaler.net is None:
+        return 0.0
+    side = 64
+    x = torch.zeros(1, 3, side, side, device=upscaler.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        upscaler.net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
+    return counter.get_total_flops() / side**2
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float:
+    """Measured bf16 matrix-multiply rate of the card (its practical matrix-throughput limit)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    begin = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeat / (time.perf_counter() - begin) / 1e12
+
+
+def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, batch: int = 1,
+                    warmup: int = 2, repeat: int = 10) -> dict:
+    """Latency per image (median, p90) for ``batch`` LR images giving ``size``x``size`` outputs."""
+    device = upscaler.device
+    lq = torch.rand(batch, 3, size // upscaler.scale, size // upscaler.scale)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        upscaler.upscale_tensor(lq, settings, seed=0)
+    times = []
+    for index in range(repeat):
+        _sync(device)
+        begin = time.perf_counter()
+        upscaler.upscale_tensor(lq, settings, seed=index)
+        _sync(device)
+        times.append((time.perf_counter() - begin) / batch)
+    times.sort()
+    latency = statistics.median(times)
+    nfe = upscaler.nfe(settings)
+    flops = flops_per_pixel(upscaler, size) * size * size * nfe
+    resolved = upscaler.resolve(settings)
+    return {
+        "model": upscaler.name, "kind": upscaler.config.kind if upscaler.config else "bicubic",
+        "steps": resolved.steps, "t": resolved.t, "nfe": nfe, "size": size, "batch": batch,
+        "device": str(device), "dtype": str(upscaler.dtype).replace("torch.", ""),
+        "latency_ms_median": 1000 * latency, "latency_ms_p90": 1000 * times[int(0.9 * (len(times) - 1))],
+        "megapixels_per_s": size * size / 1e6 / latency, "peak_memory_mb": _peak_memory_mb(device),
+        "gflops_per_image": flops / 1e9, "achieved_tflops": flops / latency / 1e12,
+    }
+
+
+def bench_train_step(cfg, loss_fn, net, batch: dict, steps: int = 5, warmup: int = 2) -> float:
+    """Median seconds per optimizer step of ``loss_fn`` on a fixed batch (forward, backward, AdamW)."""
+    device = batch["gt"].device
+    net = copy.deepcopy(net).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    use_bf16 = device.type == "cuda"
+    times = []
+    for index in range(warmup + steps):
+        _sync(device)
+        begin = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = loss_fn(net, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def format_rows(rows: list[dict], keys: list[str]) -> str:
+    lines = [keys] + [[_fmt(row.get(k)) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
