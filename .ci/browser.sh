@@ -12,4 +12,4 @@ fi
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 # playwright brings only greenlet and pyee (no torch)
 python3 -c "import playwright" 2>/dev/null || python3 -m pip install --quiet "playwright>=1.40,<2"
-/usr/bin/chromium --version
+echo "browser test: $(/usr/bin/chromium --version 2>/dev/null), playwright $(python3 -c "from importlib.metadata import version; print(version('playwright'))")"

@@ -8,7 +8,7 @@
 #   CPU dry run: TEACHER_S=20 STUDENT_S=15 EXTRA="net.channels=16 batch_size=2 crop=32" \
 #                OUT=/tmp/gpuout bash benchmarks/gpu_run.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export FLOWSR_WEIGHTS_DIR="$PWD/.gpudata/weights"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=${RUNS:-runs}
@@ -21,6 +21,7 @@ COMMON="data=$DATA max_steps=1000000 val_images=0 ckpt_every=1000 log_every=50"
 log() { echo "[$(date +%T)] $*"; }
 
 log "machine: $(python3 -c 'import torch;print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
+if [ -z "${SKIP_TRAIN:-}" ]; then
 log "phase 1: teacher-x4 + regression-x4 for ${TEACHER_S}s each, concurrently"
 python3 -m flowsr train --preset teacher-x4 --out $RUNS/teacher-x4 $COMMON time_limit=$TEACHER_S $EXTRA \
   > $RUNS-teacher.log 2>&1 &
@@ -36,9 +37,13 @@ python3 -m flowsr train --preset meanflow-x4 --out $RUNS/meanflow-x4 teacher=$RU
   $COMMON time_limit=$STUDENT_S $EXTRA > $RUNS-meanflow.log 2>&1 &
 wait
 tail -c 300 $RUNS-oftsr.log; tail -c 300 $RUNS-meanflow.log
+fi
 
 log "phase 3: evaluation (Set5, Set14) and speed, concurrently"
-MODELS="bicubic $RUNS/regression-x4 $RUNS/teacher-x4 $RUNS/oftsr-x4 $RUNS/meanflow-x4"
+MODELS="bicubic"
+for NAME in regression-x4 teacher-x4 oftsr-x4 meanflow-x4; do
+  [ -f $RUNS/$NAME/model.safetensors ] && MODELS="$MODELS $RUNS/$NAME"
+done
 for SET in Set5 Set14; do
   python3 -m flowsr eval --model $MODELS --data .gpudata/$SET --scale 4 --steps 1,2,4,16,32 --t 0,0.5,1 \
     --metrics psnr,ssim,hf,lpips --json $RUNS/eval-$SET.json > $RUNS/eval-$SET.txt 2>&1 &
@@ -54,6 +59,7 @@ python3 -m flowsr bench --train teacher-x4 --json $RUNS/bench-train.json > $RUNS
 
 log "packing"
 for NAME in teacher-x4 regression-x4 oftsr-x4 meanflow-x4; do
+  [ -f $RUNS/$NAME/model.safetensors ] || continue
   python3 - "$RUNS/$NAME" "$OUT/$NAME.safetensors" <<'EOF'
 import sys, torch
 from safetensors.torch import load_file, save_file

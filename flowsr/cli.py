@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                "models": cmd_models, "bench": cmd_bench}[args.command]
     from flowsr.checkpoint import ModelLoadError
     from flowsr.evaluate import DataError
+    from flowsr.perceptual import MetricUnavailable
 
     try:
         return handler(args)
-    except (ModelLoadError, DataError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ModelLoadError, DataError, MetricUnavailable, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -405,7 +405,7 @@ def _block_features(block: np.ndarray) -> list[float]:
 def _niqe_params() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mu (36,), cov (36, 36), 7x7 Gaussian window) of the MATLAB NIQE pristine model."""
     name = "niqe_pris_params.npz"
-    vendored = Path(__file__).parent / "data" / name
+    vendored = Path(__file__).parent / "assets" / name
     path = (_user_file(name) or (vendored if vendored.is_file() else None)
             or _package_file("iqa", f"niqe/{name}") or _package_file("basicsr", f"metrics/{name}"))
     if path is None:

@@ -112,6 +112,8 @@ class Upscaler:
             raise ValueError("--t applies to distilled students (oftsr, meanflow), not to a flow teacher")
         if sampler not in (None, "euler", "heun"):
             raise ValueError(f"sampler must be euler or heun, not {sampler!r}")
+        if kind not in ("oftsr", "meanflow"):
+            t = None  # the knob means nothing here; resolving twice gives the same settings
         return Settings(steps=steps, t=t, guidance=guidance, sampler=sampler)
 
     def nfe(self, settings: Settings) -> int:

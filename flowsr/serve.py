@@ -27,6 +27,7 @@ import ipaddress
 import json
 import queue
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -82,7 +83,8 @@ class App:
 
     ``models``: display name -> :class:`flowsr.pipeline.Upscaler` (the first is the page's default).
     ``max_pixels``: largest accepted input in pixels; ``tile``: LR tile size for large inputs (0: none).
-    At most ``max_queue`` jobs wait; the newest ``keep`` finished jobs are kept for ``keep_seconds``.
+    At most ``max_queue`` jobs, and ``2 * max_pixels`` pixels (decoded images are held in memory), wait;
+    the newest ``keep`` finished jobs are kept for ``keep_seconds``; two uploads are decoded at a time.
     """
 
     def __init__(self, models: dict, max_upload_bytes: int = 50 << 20, max_pixels: int = 40_000_000,
@@ -96,6 +98,8 @@ class App:
         self.jobs: dict[str, Job] = {}  # insertion order = submission order
         self.lock = threading.Lock()
         self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.decoding = threading.Semaphore(2)
+        self.stopping = False
         self.worker = threading.Thread(target=self._work, name="flowsr-serve-worker", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class App:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Finish the running job (waiting up to ``timeout`` s), drop the queued ones."""
+        self.stopping = True
         self.queue.put(None)
         self.worker.join(timeout)
 
@@ -126,7 +132,8 @@ class App:
         from flowsr.io import ImageReadError, read_image_bytes
         from flowsr.pipeline import Settings
 
-        name = Path(params.get("name") or "image").name[:200] or "image"
+        name = "".join(c if c.isprintable() else "_" for c in Path(params.get("name") or "").name[:200])
+        name = name or "image"
         model_name = params.get("model") or next(iter(self.models))
         if model_name not in self.models:
             raise RequestError(400, f"unknown model {model_name!r} (this server has: {', '.join(self.models)})")
@@ -143,10 +150,12 @@ class App:
             model.resolve(settings)
         except ValueError as error:
             raise RequestError(400, str(error)) from error
-        if self._waiting() >= self.max_queue:
-            raise RequestError(503, f"the queue is full ({self.max_queue} jobs waiting); try again shortly")
+        busy = RequestError(503, "the queue is full; try again in a moment")
+        if self._waiting()[0] >= self.max_queue:
+            raise busy
         try:
-            image = read_image_bytes(data, name, max_pixels=self.max_pixels)
+            with self.decoding:
+                image = read_image_bytes(data, name, max_pixels=self.max_pixels)
         except ImageReadError as error:
             message = str(error).replace("(pass --allow-large to override)",
                                          "(the server's limit is flowsr serve --max-megapixels)")
@@ -155,6 +164,9 @@ class App:
         job = Job(secrets.token_hex(8), name, model_name, settings, seed, image)
         job.info = {"input": _describe(image)}
         with self.lock:
+            count, pixels = self._waiting(locked=True)
+            if count >= self.max_queue or (count and pixels + _pixels(image) > 2 * self.max_pixels):
+                raise busy
             self._expire()
             self.jobs[job.id] = job
         self.queue.put(job)
@@ -194,11 +206,11 @@ class App:
         job = self._job(job_id)
         with self.lock:
             self.jobs.pop(job.id, None)
-        job.image = job.result = None  # a queued job is skipped by the worker
+            job.image = job.result = None  # a queued job is skipped by the worker
 
     # -- the worker ------------------------------------------------------------------------------
     def _work(self) -> None:
-        while (job := self.queue.get()) is not None:
+        while (job := self.queue.get()) is not None and not self.stopping:
             if job.image is None:  # deleted while queued
                 continue
             try:
@@ -216,6 +228,8 @@ class App:
         from flowsr.pipeline import image_seed
 
         model, image = self.models[job.model], job.image
+        if image is None:  # deleted just now
+            return
         job.started, job.state = time.monotonic(), "running"
         height, width = image.rgb.shape[-2:]
         job.tiles_total = _tile_count(height, self.tile, self.tile_overlap) * _tile_count(
@@ -227,8 +241,9 @@ class App:
         seconds = time.monotonic() - job.started
         with tempfile.TemporaryDirectory(prefix="flowsr-serve-") as folder:
             job.result = save_image(Path(folder) / "result.png", result).read_bytes()
+        knob = _kind(model) == "oftsr" or (_kind(model) == "meanflow" and settings.steps == 1)
         job.info.update(output=_describe(result), seconds=round(seconds, 3), nfe=model.nfe(settings),
-                        steps=settings.steps, t=settings.t if _kind(model) in ("oftsr", "meanflow") else None,
+                        steps=settings.steps, t=settings.t if knob else None,
                         png_bytes=len(job.result), notes=list(image.notes))
         job.settings = settings
         job.state = "done"
@@ -243,9 +258,12 @@ class App:
             raise RequestError(404, f"no job {job_id!r} (finished jobs are kept {self.keep_seconds / 60:g} min)")
         return job
 
-    def _waiting(self) -> int:
-        with self.lock:
-            return sum(1 for job in self.jobs.values() if job.state == "queued")
+    def _waiting(self, locked: bool = False) -> tuple[int, int]:
+        """(jobs, pixels) waiting in the queue."""
+        with contextlib.nullcontext() if locked else self.lock:
+            sizes = [_pixels(job.image) for job in self.jobs.values()
+                     if job.state == "queued" and job.image is not None]
+        return len(sizes), sum(sizes)
 
     def _expire(self) -> None:
         """Drop finished jobs beyond the newest ``keep`` or older than ``keep_seconds`` (lock held)."""
@@ -258,6 +276,10 @@ class App:
 
 def _kind(model) -> str:
     return model.config.kind if model.config is not None else "bicubic"
+
+
+def _pixels(image) -> int:
+    return int(image.rgb.shape[-1] * image.rgb.shape[-2])
 
 
 def _number(params: dict[str, str], key: str, kind):
@@ -450,6 +472,7 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default 5 resets connections when many users arrive at once
 
     def __init__(self, address: tuple[str, int], app: App, verbose: bool = False):
         self.app, self.verbose = app, verbose
@@ -487,6 +510,10 @@ def _is_loopback(host: str) -> bool:
 
 
 # -- command line ----------------------------------------------------------------------------------
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def add_parser(subparsers):
@@ -539,6 +566,8 @@ def run(args) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         return 1
     app.start()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: no job half-written
     if not server.loopback:
         log(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
     device = next(iter(models.values())).device

@@ -75,6 +75,7 @@ def test_tiled_matches_untiled(tmp_path):
 def test_settings_are_checked_per_kind(tmp_path):
     teacher = flowsr.load(make_model(tmp_path / "teacher"))
     assert teacher.nfe(Settings(steps=4)) == 4
+    assert teacher.resolve(teacher.resolve(Settings())) == teacher.resolve(Settings())
     assert teacher.nfe(Settings(steps=4, guidance=2.0)) == 8
     assert teacher.nfe(Settings(steps=4, sampler="heun")) == 8
     with pytest.raises(ValueError, match="students"):

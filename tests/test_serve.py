@@ -1,0 +1,428 @@
+"""`flowsr serve`: the page in headless Chromium, the HTTP API, bad uploads, a bounded load test, cleanup.
+
+The server runs in a subprocess on a free loopback port (so its memory can be read from /proc) with a
+tiny MeanFlow model and bicubic. The browser test needs Debian's /usr/bin/chromium and Playwright's
+Python package (`.ci/browser.sh` installs both; no browser is downloaded). Set FLOWSR_SCREENSHOT=PATH
+to also save a screenshot of the page after a run (docs/serve.png is made that way).
+"""
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image
+from PIL import Image
+
+import flowsr
+from flowsr.checkpoint import save_model_dir
+from flowsr.config import ModelConfig
+from flowsr.io import read_image_bytes, write_image
+from flowsr.nets import NetConfig, UNet
+from flowsr.pipeline import Settings, image_seed
+from flowsr.serve import App, RequestError, add_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TINY = NetConfig(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=())
+MAX_UPLOAD_MB = 0.25  # tiny limits, so oversized uploads are cheap to make
+MAX_MEGAPIXELS = 0.01  # 10,000 pixels: 100x100
+RSS_TOLERANCE_MB = 64  # RSS after the load test may exceed its warm baseline by this much
+
+
+def make_model(directory: Path) -> Path:
+    """A tiny one-step MeanFlow student with small random weights (the t knob applies)."""
+    torch.manual_seed(0)
+    net = UNet(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_model_dir(directory, net, ModelConfig(kind="meanflow", scale=4, net=TINY, default_steps=1, name="tiny"))
+    return directory
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rgba_png(height: int = 20, width: int = 24, seed: int = 0) -> bytes:
+    rgb = make_image(np.random.default_rng(seed), height, width)
+    alpha = np.linspace(60, 255, height * width).reshape(height, width).astype(np.uint8)
+    return png_bytes(np.dstack([rgb, alpha]), "RGBA")
+
+
+def scene_png() -> bytes:
+    """A small drawn landscape with a word in it (96x72 RGB): what the screenshot shows."""
+    from PIL import ImageDraw, ImageFont
+
+    yy = np.mgrid[0:72, 0:96][0] / 72
+    image = Image.fromarray(np.stack([110 + 60 * yy, 160 + 50 * yy, 235 - 20 * yy], -1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((66, 6, 86, 26), fill=(255, 214, 90))  # sun
+    draw.polygon([(0, 56), (22, 34), (44, 56)], fill=(70, 110, 80))  # hills
+    draw.polygon([(30, 56), (58, 28), (86, 56)], fill=(50, 90, 70))
+    draw.rectangle((0, 56, 96, 72), fill=(120, 170, 90))  # meadow
+    draw.rectangle((8, 46, 30, 64), fill=(200, 80, 60))  # house
+    draw.polygon([(6, 46), (19, 36), (32, 46)], fill=(120, 50, 40))
+    draw.rectangle((16, 54, 21, 64), fill=(70, 40, 30))
+    try:
+        font = ImageFont.load_default(size=11)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    draw.text((40, 58), "flowsr", fill=(255, 255, 255), font=font)
+    return png_bytes(np.asarray(image))
+
+
+class Client:
+    """Just enough HTTP for the tests; 4xx/5xx answers are returned, not raised."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def request(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes, dict]:
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read(), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), dict(error.headers)
+
+    def submit(self, data: bytes, **params) -> tuple[int, dict]:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        status, body, _ = self.request("POST", f"/api/jobs?{query}", data)
+        return status, json.loads(body)
+
+    def wait(self, job_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = json.loads(self.request("GET", f"/api/jobs/{job_id}")[1])
+            if status["state"] in ("done", "error"):
+                return status
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} not finished after {timeout} s")
+
+    def upscale(self, data: bytes, **params) -> tuple[dict, bytes]:
+        """Submit, wait, fetch: (final status, result PNG bytes)."""
+        status, reply = self.submit(data, **params)
+        assert status == 202, reply
+        final = self.wait(reply["id"])
+        assert final["state"] == "done", final
+        code, body, headers = self.request("GET", f"/api/jobs/{reply['id']}/result")
+        assert code == 200 and headers["Content-Type"] == "image/png"
+        return final, body
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A `flowsr serve` subprocess with the tiny model and bicubic: (client, process, its temp folder)."""
+    base = tmp_path_factory.mktemp("serve")
+    model = make_model(base / "tiny")
+    temp = base / "tmp"
+    temp.mkdir()
+    code = ("import argparse, sys\nfrom flowsr.serve import add_parser, run\n"
+            "parser = argparse.ArgumentParser(prog='flowsr')\nadd_parser(parser.add_subparsers())\n"
+            "sys.exit(run(parser.parse_args(sys.argv[1:])))")
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), "OMP_NUM_THREADS": "2"}
+    log = (base / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--model", str(model), "--model", "bicubic", "--port", "0",
+         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", str(MAX_MEGAPIXELS)],
+        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    killer = threading.Timer(60, process.kill)
+    killer.start()
+    line = process.stdout.readline()
+    killer.cancel()
+    if "open http" not in line:
+        process.kill()
+        pytest.fail(f"server did not start: {line!r}\n{(base / 'server.log').read_text()}")
+    url = line.split("open ")[1].split()[0]
+    yield Client(url), process, temp
+    process.send_signal(signal.SIGINT)
+    try:
+        assert process.wait(timeout=15) == 0, (base / "server.log").read_text()
+    finally:
+        process.kill()
+        log.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_defaults_bind_loopback_and_limits():
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve"])
+    assert (args.host, args.port, args.max_upload_mb, args.max_megapixels) == ("127.0.0.1", 7860, 50.0, 40.0)
+    args = parser.parse_args(["serve", "--model", "a", "--model", "b", "--port", "0"])
+    assert args.model == ["a", "b"] and args.port == 0
+
+
+def test_server_listens_on_loopback(served):
+    client, _, _ = served
+    assert client.url.startswith("http://127.0.0.1:")  # the address actually bound, no --host given
+    status, body, headers = client.request("GET", "/")
+    assert status == 200 and b"<title>flowsr serve</title>" in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for asset in ("/", "/static/app.js", "/static/style.css"):  # served from the package: no CDN
+        status, body, _ = client.request("GET", asset)
+        assert status == 200 and b"://" not in body
+    info = json.loads(client.request("GET", "/api/info")[1])
+    assert [(m["name"], m["kind"], m["t"], m["steps"]) for m in info["models"]] == [
+        ("tiny", "meanflow", True, True), ("bicubic", "bicubic", False, False)]
+    # a page on another origin (or a DNS-rebound name) is refused
+    request = urllib.request.Request(client.url + "/api/info", headers={"Host": "evil.example:80"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 403
+
+
+# -- the page in a real browser --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("browser test needs /usr/bin/chromium (run .ci/browser.sh: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser test needs Playwright's Python package (run .ci/browser.sh: pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_page_end_to_end(served, browser, tmp_path):
+    client, _, _ = served
+    source = tmp_path / "photo.png"
+    source.write_bytes(rgba_png(20, 24))
+    page = browser.new_page(viewport={"width": 1280, "height": 760}, accept_downloads=True)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(client.url)
+    page.wait_for_selector("#model option", state="attached")
+    assert page.input_value("#model") == "tiny"
+    # bicubic has neither knob; the MeanFlow student has both, t only at one step
+    page.select_option("#model", "bicubic")
+    assert page.is_disabled("#steps") and page.is_disabled("#t")
+    page.select_option("#model", "tiny")
+    page.fill("#steps", "2")
+    assert page.is_disabled("#t")
+    page.fill("#steps", "1")
+    assert page.is_enabled("#t")
+
+    page.set_input_files("#file", str(source))
+    page.focus("#t")
+    for _ in range(4):  # move the knob: 1.00 -> 0.80
+        page.keyboard.press("ArrowLeft")
+    assert page.text_content("#t-value") == "0.80"
+    page.click("#run")
+    page.wait_for_selector("#download:not([hidden])", timeout=30_000)
+    assert page.text_content("#stat-nfe") == "1"
+    assert page.text_content("#stat-output").startswith("96×80 RGBA 8-bit")
+    assert "t = 0.80" in page.text_content("#tag-right")
+    assert page.evaluate("document.getElementById('out-img').naturalWidth") in (0, 96)  # may still load
+    page.wait_for_function("document.getElementById('out-img').naturalWidth === 96")
+
+    # the comparison slider: dragging on the picture moves the split
+    box = page.locator("#stage").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
+    assert abs(float(page.input_value("#split")) - 25) < 2
+    assert "inset(0px 75" in page.evaluate("getComputedStyle(document.getElementById('before')).clipPath")
+    page.select_option("#zoom", "4")
+    assert page.evaluate("document.getElementById('stage').style.width") == "384px"
+    page.select_option("#zoom", "0")
+    page.click("#mode-side")  # side by side: both panes at the output's size
+    assert page.is_hidden("#compare") and page.is_visible("#side")
+    widths = page.evaluate("[...document.querySelectorAll('#side .stage')].map(e => e.style.width)")
+    assert len(set(widths)) == 1 and widths[0] != "", widths
+    page.click("#mode-compare")
+
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename == "photo_x4.png"
+    saved = tmp_path / "downloaded.png"
+    download.save_as(saved)
+    with Image.open(saved) as result:
+        assert result.size == (96, 80) and result.mode == "RGBA"
+
+    # a broken upload: a clear message on the page, and the page still works after it
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(source.read_bytes()[:200])
+    page.set_input_files("#file", str(bad))
+    page.click("#run")
+    page.wait_for_selector("#message:not([hidden])")
+    assert "broken.png: truncated or corrupt image" in page.text_content("#message")
+    scene = tmp_path / "scene.png"
+    scene.write_bytes(scene_png())
+    page.set_input_files("#file", str(scene))
+    assert page.is_hidden("#message")
+    page.select_option("#model", "bicubic")
+    page.click("#run")
+    page.wait_for_selector("#download:not([hidden])", timeout=30_000)
+    assert page.text_content("#stat-nfe") == "0"
+    assert errors == []
+    if os.environ.get("FLOWSR_SCREENSHOT"):  # e.g. docs/serve.png: input | result, split in the middle
+        page.wait_for_function("document.getElementById('out-img').naturalWidth === 384")
+        box = page.locator("#stage").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
+        shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(os.environ["FLOWSR_SCREENSHOT"],
+                                                                         optimize=True)
+    page.close()
+
+
+# -- the HTTP API ----------------------------------------------------------------------------------
+
+
+def test_modes_are_kept(served):
+    client, _, _ = served
+    rng = np.random.default_rng(1)
+    grey16 = (rng.random((10, 12)) * 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey16).save(buffer, format="PNG")  # mode I;16
+    grey = make_image(rng, 10, 12)[..., 0]
+    for data, mode, depth in [(buffer.getvalue(), "grey 16-bit", 16), (png_bytes(grey), "grey 8-bit", 8),
+                              (png_bytes(np.dstack([grey, grey]), "LA"), "grey+alpha 8-bit", 8),
+                              (_rgb16_png(rng), "RGB 16-bit", 16)]:
+        final, body = client.upscale(data, model="bicubic", name="x.png")
+        assert final["output"]["mode"] == final["input"]["mode"] == mode
+        result = read_image_bytes(body, "result")
+        assert result.bit_depth == depth and tuple(result.rgb.shape[-2:]) == (40, 48)
+
+
+def _rgb16_png(rng) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_image(Path(folder) / "rgb16.png", torch.from_numpy(rng.random((3, 10, 12), np.float32)),
+                           bit_depth=16)
+        return path.read_bytes()
+
+
+def test_bad_uploads_get_4xx_and_the_server_keeps_going(served):
+    client, process, _ = served
+    good = rgba_png(12, 12)
+    cases = [
+        (good[:150], {}, 415, "truncated or corrupt"),  # corrupt
+        (b"hello, not an image\n" * 10, {"name": "notes.txt"}, 415, "notes.txt: not an image file"),
+        (os.urandom(int(MAX_UPLOAD_MB * 2**20) + 1), {}, 413, "file too large"),  # over --max-upload-mb
+        (png_bytes(np.zeros((101, 100, 3), np.uint8)), {}, 413, "image too large"),  # over --max-megapixels
+        (b"", {}, 415, "empty file"),
+        (good, {"model": "nope"}, 400, "unknown model 'nope'"),
+        (good, {"model": "bicubic", "steps": "2"}, 400, "one-step model"),
+        (good, {"model": "tiny", "t": "1.5"}, 400, "t must be in [0, 1]"),
+        (good, {"model": "tiny", "t": "lots"}, 400, "t must be a number"),
+        (good, {"model": "tiny", "steps": "9999"}, 400, "steps must be at most"),
+    ]
+    for index, (data, params, code, message) in enumerate(cases):
+        status, reply = client.submit(data, **{"name": "upload.png", **params})
+        assert status == code and message in reply["error"], (params, status, reply)
+        assert "\n" not in reply["error"]
+        # the next request still succeeds
+        final, body = client.upscale(good, model="tiny" if index == 0 else "bicubic", name="ok.png")
+        assert final["output"]["width"] == 48
+    assert client.request("GET", "/api/jobs/0123abcd")[0] == 404
+    assert client.request("GET", "/nowhere")[0] == 404
+    assert process.poll() is None
+
+
+def test_concurrent_load_shares_one_model_and_memory_returns(served):
+    client, process, temp = served
+    images = [rgba_png(16 + i % 5, 20 + i % 3, seed=i) for i in range(20)]
+    client.upscale(images[0], model="tiny", name="warm.png")  # warm-up: first-use allocations
+    baseline = rss_mb(process.pid)
+
+    def one(index: int):
+        final, body = client.upscale(images[index], model="tiny" if index % 4 == 0 else "bicubic",
+                                     name=f"load{index}.png", seed=str(index))
+        with Image.open(io.BytesIO(body)) as result:
+            assert result.size == (4 * final["input"]["width"], 4 * final["input"]["height"])
+        client.request("DELETE", f"/api/jobs/{final['id']}")
+        return final
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(20)))
+    wall = time.monotonic() - start
+    assert [r["state"] for r in results] == ["done"] * 20
+    assert max(r["waited"] for r in results) > 0  # they queued: one worker ran them in turn
+    after = rss_mb(process.pid)
+    assert after < baseline + RSS_TOLERANCE_MB, (baseline, after)
+    print(f"20 concurrent jobs in {wall:.2f} s; server RSS {baseline:.0f} MB -> {after:.0f} MB")
+    assert process.poll() is None
+    assert list(temp.iterdir()) == []  # no temporary files left behind
+
+
+# -- in process: tiling progress and the same pixels as `flowsr upscale` ------------------------------
+
+
+def test_tiled_job_reports_progress_and_matches_the_pipeline(tmp_path):
+    model = flowsr.load(make_model(tmp_path / "tiny"))
+    app = App({"tiny": model}, tile=24, tile_overlap=4).start()
+    try:
+        data = png_bytes(make_image(np.random.default_rng(5), 30, 50))
+        job = app.submit(data, {"name": "wide.png", "model": "tiny", "t": "0.5", "seed": "3"})
+        deadline = time.monotonic() + 30
+        while job.state not in ("done", "error") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = app.status(job.id)
+        assert status["state"] == "done", status
+        assert status["tiles_total"] == status["tiles_done"] == 2 * 3
+        expected = model.upscale_image(read_image_bytes(data, "wide.png"), Settings(t=0.5),
+                                       seed=image_seed(3, "wide.png"), tile=24, tile_overlap=4)
+        result = read_image_bytes(app.result(job.id)[0], "result")
+        assert torch.equal((result.rgb * 255).round(), (expected.rgb * 255).round())
+        assert app.result(job.id)[1] == "wide_x4.png"
+        app.delete(job.id)
+        assert job.id not in app.jobs
+    finally:
+        app.stop()
+
+
+def test_queue_is_bounded_and_deleted_jobs_are_skipped():
+    app = App({"bicubic": flowsr.load("bicubic")}, max_queue=2)  # worker not started: jobs stay queued
+    data = png_bytes(make_image(np.random.default_rng(6), 8, 8))
+    first = app.submit(data, {"name": "a.png"})
+    second = app.submit(data, {"name": "b.png"})
+    assert [app.status(job.id)["position"] for job in (first, second)] == [1, 2]
+    with pytest.raises(RequestError) as caught:
+        app.submit(data, {"name": "c.png"})
+    assert caught.value.status == 503 and "queue is full" in str(caught.value)
+    app.delete(first.id)
+    assert app.status(second.id)["position"] == 1
+    app.start()
+    try:
+        deadline = time.monotonic() + 30
+        while second.state != "done" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert second.state == "done" and first.state == "queued" and first.result is None
+    finally:
+        app.stop()
