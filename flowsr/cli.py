@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", default="psnr,ssim", help="psnr,ssim,hf,lpips,lpips_vgg,dists,niqe")
     ev.add_argument("--json", default=None, help="write results here")
     ev.add_argument("--save", default=None, help="write super-resolved images under this folder")
+    ev.add_argument("--report", default=None, help="write results.md, tradeoff.png (and grids) here")
+    ev.add_argument("--grid", default=None, help="comma-separated image names for comparison grids")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
     _add_runtime(ev)
 
@@ -79,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--seed", type=int, default=0)
 
     commands.add_parser("models", help="list bundled models")
+
+    from flowsr import serve
+
+    serve.add_parser(commands)
 
     bn = commands.add_parser("bench", help="measure inference (or training) speed")
     bn.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
@@ -101,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "degrade": cmd_degrade,
-               "models": cmd_models, "bench": cmd_bench}[args.command]
+               "models": cmd_models, "bench": cmd_bench,
+               "serve": _serve}[args.command]
     from flowsr.checkpoint import ModelLoadError
     from flowsr.evaluate import DataError
     from flowsr.perceptual import MetricUnavailable
@@ -194,6 +201,10 @@ def cmd_eval(args) -> int:
     print(f"dataset {dataset.name}: {len(dataset.samples)} images, {dataset.protocol} protocol "
           f"(x{args.scale}, {border}, PSNR/SSIM on Y)")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    grid = [g.strip() for g in args.grid.split(",")] if args.grid else []
+    unknown = sorted(set(grid) - {s.name for s in dataset.samples})
+    if unknown:
+        raise ValueError(f"--grid: {unknown} not in {args.data}")
     rows = []
     for spec in args.model:
         model = load(spec, device=args.device, dtype=args.dtype, scale=args.scale)
@@ -212,8 +223,12 @@ def cmd_eval(args) -> int:
                     tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
                     save = Path(args.save) / tag
                 rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
-                                     tile=args.tile))
+                                     tile=args.tile, keep=tuple(grid)))
     print(format_table(rows, verbose=args.verbose))
+    if args.report:
+        write_report(Path(args.report), rows, dataset, grid)
+    for row in rows:
+        row.pop("images", None)
     if args.json:
         payload = rows[0] if len(rows) == 1 else {"dataset": dataset.name, "protocol": dataset.protocol,
                                                  "results": rows}
@@ -222,6 +237,34 @@ def cmd_eval(args) -> int:
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
         print(f"wrote {args.json}")
     return EXIT_FAILED if dataset.errors else 0
+
+
+def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) -> None:
+    """results.md (+ tradeoff.png with LPIPS, + grid_<image>.png) for an evaluation sweep."""
+    from flowsr import report
+    from flowsr.ops import imresize
+
+    directory.mkdir(parents=True, exist_ok=True)
+    title = f"{dataset.name} x{rows[0]['scale']} ({dataset.protocol}, {rows[0]['device']})"
+    (directory / "results.md").write_text(f"### {title}\n\n{report.markdown_table(rows)}\n")
+    written = ["results.md"]
+    try:
+        if any("lpips" in r["metrics"] for r in rows):
+            report.tradeoff_plot(rows, directory / "tradeoff.png", title)
+            written.append("tradeoff.png")
+        for name in grid:
+            sample = next(s for s in dataset.samples if s.name == name)
+            up = imresize(sample.lq, size=sample.gt.shape[:2])
+            panels = [("LR", sample.lq), ("bicubic", up)]
+            panels += [(report.label(r), r["images"][name]) for r in rows if r["kind"] != "bicubic"]
+            panels.append(("HR", sample.gt))
+            size = min(96, *sample.gt.shape[:2])
+            box = ((sample.gt.shape[0] - size) // 2, (sample.gt.shape[1] - size) // 2, size)
+            report.comparison_grid(panels, directory / f"grid_{Path(name).stem}.png", box)
+            written.append(f"grid_{Path(name).stem}.png")
+    except ImportError:
+        print("note: plots need matplotlib (pip install matplotlib); wrote the table only")
+    print(f"wrote {', '.join(written)} to {directory}")
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -304,19 +347,29 @@ def cmd_models(args) -> int:
     from flowsr.nets import UNet, count_parameters
     from flowsr.pipeline import bundled_models, default_model
 
-    print(f"{'name':<18} {'task':<10} {'scale':<5} {'params':>8}  {'default':<14} trained")
-    print(f"{'bicubic':<18} {'baseline':<10} {'any':<5} {0:>8}  {'NFE 0':<14} -")
+    rows = [["name", "task", "scale", "params", "defaults", "trained"],
+            ["bicubic", "baseline", "any", "0", "NFE 0", "-"]]
     default = default_model()
     for name, path in bundled_models().items():
         config = read_model_config(path)
         params = count_parameters(UNet(config.net))
         info = config.training
-        trained = (f"{info.get('steps', '?')} steps on {Path(str(info.get('data', '?'))).name}, "
-                   f"{info.get('wall_seconds', '?')} s on {info.get('device', '?')}")
-        marker = " (default)" if name == default else ""
-        print(f"{name + marker:<18} {config.kind:<10} x{config.scale:<4} {params / 1e6:>7.2f}M  "
-              f"steps {config.default_steps:<8} {trained}")
+        trained = (f"{info.get('steps', '?')} steps, batch {info.get('batch_size', '?')}, "
+                   f"{info.get('wall_seconds', '?')} s on {info.get('device', '?')}; data {info.get('data', '?')}")
+        defaults = f"steps {config.default_steps}" + (f", t {config.default_t:g}" if config.kind in (
+            "oftsr", "meanflow") else "")
+        rows.append([name + (" (default)" if name == default else ""), config.kind, f"x{config.scale}",
+                     f"{params / 1e6:.2f}M", defaults, trained])
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
     return 0
+
+
+def _serve(args) -> int:
+    from flowsr import serve
+
+    return serve.run(args)
 
 
 # -- bench -----------------------------------------------------------------------------------------

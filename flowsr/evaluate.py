@@ -133,10 +133,13 @@ def score(sr: np.ndarray, gt: np.ndarray, crop_border: int, metrics: list[str], 
 
 
 def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: list[str],
-             seed: int = 0, save: Path | None = None, tile: int = 0) -> dict:
-    """Run one model configuration over a dataset; returns the JSON-ready result row."""
+             seed: int = 0, save: Path | None = None, tile: int = 0, keep: tuple[str, ...] = ()) -> dict:
+    """Run one model configuration over a dataset; returns the JSON-ready result row.
+
+    Outputs of the images named in ``keep`` are returned under ``"images"`` (uint8 HWC; not JSON).
+    """
     resolved = upscaler.resolve(settings)
-    per_image, seconds = [], 0.0
+    per_image, seconds, kept = [], 0.0, {}
     for sample in dataset.samples:
         lq = torch.from_numpy(sample.lq).permute(2, 0, 1)[None].float() / 255
         if upscaler.device.type == "cuda":
@@ -151,6 +154,8 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
             raise DataError(f"{sample.name}: output {sr_uint8.shape} does not match HR {sample.gt.shape}")
         per_image.append({"name": sample.name,
                           **score(sr_uint8, sample.gt, dataset.crop_border, metrics, upscaler.device)})
+        if sample.name in keep:
+            kept[sample.name] = sr_uint8
         if save is not None:
             write_image(Path(save) / f"{Path(sample.name).stem}.png", sr[0].cpu())
     keys = [k for k in per_image[0] if k != "name"] if per_image else []
@@ -172,6 +177,7 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
         "device": str(upscaler.device),
         "seed": seed,
         "per_image": per_image,
+        **({"images": kept} if keep else {}),
     }
 
 

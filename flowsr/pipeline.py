@@ -39,7 +39,7 @@ def bundled_models() -> dict[str, Path]:
 def default_model() -> str:
     """The best bundled one-step model, or ``bicubic`` when none is shipped."""
     names = bundled_models()
-    for name in ("meanflow-x4", "oftsr-x4"):
+    for name in ("oftsr-x4", "meanflow-x4"):  # measured: oftsr-x4 has the better LPIPS and PSNR at 1 NFE
         if name in names:
             return name
     return "bicubic"

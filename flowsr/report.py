@@ -1,0 +1,103 @@
+"""Reports from evaluation rows: a Markdown table, the fidelity–perception plot, comparison grids.
+
+Rows are the dicts :func:`flowsr.evaluate.evaluate` returns. Plots need matplotlib
+(``pip install flowsr[report]``); the Markdown table does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = [("psnr_y", "PSNR-Y"), ("ssim_y", "SSIM-Y"), ("lpips", "LPIPS"), ("dists", "DISTS"),
+           ("niqe", "NIQE"), ("hf_ratio", "HF ratio")]
+
+
+def label(row: dict) -> str:
+    """``model`` plus the sampling settings that distinguish the row (steps for multi-step, t for students)."""
+    parts = [row["model"]]
+    if row["kind"] in ("flow", "meanflow") and row["steps"] != 1 or row["kind"] == "flow":
+        parts.append(f"{row['steps']} step" + ("s" if row["steps"] != 1 else ""))
+    if row.get("t") is not None and row["steps"] == 1:
+        parts.append(f"t={row['t']:g}")
+    if row.get("guidance") not in (None, 1.0):
+        parts.append(f"w={row['guidance']:g}")
+    return ", ".join(parts)
+
+
+def markdown_table(rows: list[dict], latency: bool = True) -> str:
+    """One Markdown row per configuration, metric columns present in any row."""
+    present = [(k, name) for k, name in COLUMNS if any(k in r["metrics"] for r in rows)]
+    header = ["method", "NFE", *[name for _, name in present]] + (["s/image"] if latency else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [label(row), str(row["nfe"])]
+        cells += [_fmt(row["metrics"].get(k)) for k, _ in present]
+        if latency:
+            cells.append(f"{row['seconds_per_image']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.4f}"
+
+
+def tradeoff_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """PSNR-Y (fidelity) against LPIPS (perception, lower is better), one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "lpips" in r["metrics"] and "psnr_y" in r["metrics"]]
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = [r for r in rows if r["model"] == model]
+        xs = [r["metrics"]["lpips"] for r in points]
+        ys = [r["metrics"]["psnr_y"] for r in points]
+        ax.plot(xs, ys, "o-" if len(points) > 1 else "o", label=model)
+        for r, x, y in zip(points, xs, ys):
+            text = label(r)[len(model) + 2:] or f"NFE {r['nfe']}"
+            ax.annotate(f"{text} (NFE {r['nfe']})" if "NFE" not in text else text, (x, y), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("LPIPS (AlexNet) ↓  — perception")
+    ax.set_ylabel("PSNR-Y (dB) ↑  — fidelity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def comparison_grid(panels: list[tuple[str, np.ndarray]], path: str | Path, box: tuple[int, int, int],
+                    zoom: int = 3) -> None:
+    """Zoomed crops side by side: ``panels`` = [(title, HWC uint8 image at HR size)], ``box`` = (top, left, size).
+
+    The LR panel may be given at LR size: it is shown nearest-neighbour enlarged to the same crop.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top, left, size = box
+    hr_height = max(image.shape[0] for _, image in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5), dpi=110)
+    for ax, (title, image) in zip(np.atleast_1d(axes), panels):
+        factor = hr_height // image.shape[0]
+        if factor > 1:  # an LR image: the same region, enlarged without interpolation
+            crop = image[top // factor:(top + size) // factor, left // factor:(left + size) // factor]
+            crop = crop.repeat(factor, 0).repeat(factor, 1)
+        else:
+            crop = image[top:top + size, left:left + size]
+        ax.imshow(crop.repeat(zoom, 0).repeat(zoom, 1), interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,59 @@
+"""Bundled models, `flowsr models`, the default model, reports and the speed benchmark."""
+
+import json
+
+import pytest
+from PIL import Image
+
+import flowsr
+from flowsr import report
+from flowsr.bench import bench_inference, format_rows
+from flowsr.cli import main
+from flowsr.pipeline import Settings, bundled_models, default_model
+
+
+def test_bundled_models_load_by_name_and_the_default_is_one_step(capsys):
+    names = bundled_models()
+    if not names:
+        pytest.skip("no bundled weights in this checkout")
+    assert default_model() in names
+    model = flowsr.load()
+    assert model.name == default_model() and model.nfe(Settings()) == 1
+    for name in names:
+        upscaler = flowsr.load(name)
+        assert upscaler.config.scale == 4 and upscaler.config.training["steps"] > 0
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "(default)" in out and all(name in out for name in names)
+
+
+def test_default_upscale_of_the_bundled_example(tmp_path):
+    code = main(["upscale", "examples/", "-o", str(tmp_path)])
+    assert code == 0
+    out = Image.open(tmp_path / "pattern.png")
+    assert out.size == (512, 384)
+
+
+def test_report_table_plot_and_grid(tmp_path, image_folder):
+    out = tmp_path / "report"
+    assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--report", str(out),
+                 "--grid", "img0.png", "--metrics", "psnr,ssim,hf"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| bicubic | 0 |" in table and "PSNR-Y" in table
+    assert (out / "grid_img0.png").stat().st_size > 0
+    row = {"model": "m", "kind": "oftsr", "steps": 1, "t": 0.5, "nfe": 1, "guidance": 1.0,
+           "metrics": {"psnr_y": 30.0, "lpips": 0.2}, "seconds_per_image": 0.1}
+    assert report.label(row) == "m, t=0.5"
+    report.tradeoff_plot([row, {**row, "t": 1.0, "metrics": {"psnr_y": 28.0, "lpips": 0.1}}], out / "p.png")
+    assert (out / "p.png").stat().st_size > 0
+    assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--grid", "nope.png"]) == 1
+
+
+def test_bench_inference_reports_latency_and_flops(tmp_path):
+    model = flowsr.load("bicubic")
+    row = bench_inference(model, Settings(), size=64, repeat=3)
+    assert row["latency_ms_median"] > 0 and row["nfe"] == 0 and row["megapixels_per_s"] > 0
+    assert "latency_ms_median" in format_rows([row], ["model", "latency_ms_median"])
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "bicubic", "--size", "32", "--repeat", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["size"] == 32
