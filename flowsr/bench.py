@@ -105,6 +105,24 @@ def bench_train_step(cfg, loss_fn, net, batch: dict, steps: int = 5, warmup: int
     return statistics.median(times)
 
 
+@torch.no_grad()
+def bench_forward(net, batch: dict, steps: int = 5, warmup: int = 2) -> float:
+    """Median seconds of one network evaluation on ``batch`` (bf16 autocast on CUDA)."""
+    device = batch["gt"].device
+    net = net.eval()
+    t = torch.zeros(batch["gt"].shape[0], device=device)
+    times = []
+    for index in range(warmup + steps):
+        _sync(device)
+        begin = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            net(batch["cond"], t, batch["cond"])
+        _sync(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
 def format_rows(rows: list[dict], keys: list[str]) -> str:
     lines = [keys] + [[_fmt(row.get(k)) for k in keys] for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(keys))]

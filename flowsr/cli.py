@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with flow models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("upscale", help="super-resolve image files or folders")
+    up = commands.add_parser("upscale", help="super-resolve image files or folders",
+                             epilog="--tile 0 (the default) tiles automatically: 256-pixel tiles for inputs "
+                             "over 512x512 pixels or with a side over 2048; --tile -1 never tiles.")
     up.add_argument("inputs", nargs="+", help="image files and/or folders")
     up.add_argument("-o", "--output", required=True, help="output folder")
     up.add_argument("--model", default="default", help="model directory, bundled name or 'bicubic'")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sampler", default=None, choices=["euler", "heun"])
     up.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
+                    "over Pillow's decompression-bomb limit)")
     _add_runtime(up)
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
@@ -127,60 +131,118 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
-    """Output file for ``source``: its stem (no directories, so it cannot escape) + suffix + .png."""
-    name = Path(source.name).stem.replace("/", "_").replace("\\", "_").lstrip(".") or "image"
-    return output_dir / f"{name}{suffix}.png"
+    """Output file for ``source``: its stem + ``suffix`` + ".png", always directly inside ``output_dir``.
+
+    Only the file name of ``source`` is used; path separators, control characters and undecodable
+    bytes (in the name and in ``suffix``) become "_", leading dots are dropped (no hidden files, no
+    "..") and the stem is cut so the name fits in 255 bytes: no input can make the output escape.
+    """
+    import unicodedata
+
+    def clean(text: str) -> str:
+        return "".join("_" if c in "/\\" or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
+                       for c in text)
+
+    suffix = clean(suffix)
+    room = 255 - len(f"{suffix}.png".encode())
+    if room < 5:
+        raise ValueError(f"--suffix {suffix!r} is too long for a file name")
+    stem = clean(Path(Path(source).name).stem).lstrip(".")
+    stem = stem.encode()[:room].decode(errors="ignore") or "image"
+    return Path(output_dir) / f"{stem}{suffix}.png"
+
+
+def _say(text: str, error: bool = False) -> None:
+    """Print one line to stdout (stderr if ``error``), escaping what a file name may hold that would
+    break the line or the terminal's encoding (control characters, undecodable bytes)."""
+    from tqdm import tqdm
+
+    stream = sys.stderr if error else sys.stdout
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    tqdm.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=stream)  # below a bar
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def cmd_upscale(args) -> int:
     from tqdm import tqdm
 
-    from flowsr.io import ImageReadError, list_images, read_image, save_image
-    from flowsr.pipeline import Settings, image_seed, load
+    from flowsr.io import DEFAULT_MAX_PIXELS, ImageReadError, list_images, read_image, write_image_rows
+    from flowsr.pipeline import Settings, auto_tile, image_seed, load
 
-    missing = [p for p in args.inputs if not Path(p).exists()]
-    for path in missing:
-        print(f"error: {path}: no such file or folder", file=sys.stderr)
-    paths = list_images([p for p in args.inputs if Path(p).exists()])
-    if not paths:
-        print("error: no input images found", file=sys.stderr)
-        return EXIT_FAILED
     output_dir = Path(args.output)
-    inputs = {p.resolve() for p in paths}
-    targets = {}
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir}: exists and is not a folder")
+    failed: list[str] = []
+    for path in args.inputs:
+        if not Path(path).exists():
+            _say(f"error: {path}: no such file or folder", error=True)
+            failed.append(path)
+    paths, resolved = [], set()
+    for path in list_images([p for p in args.inputs if Path(p).exists()]):
+        if path.resolve() not in resolved:  # the same file named twice is done once
+            paths.append(path)
+            resolved.add(path.resolve())
+    if not paths:
+        _say("error: no input images found", error=True)
+        return EXIT_FAILED
+    # never overwrite an input (same name, a symlink or a hard link to it), never write one output twice
+    input_ids = {_file_id(p) for p in paths} - {None}
+    targets: dict[Path, Path] = {}
+    owner: dict[Path, Path] = {}
     for path in paths:
         target = output_path(output_dir, path, args.suffix)
-        if target.resolve() in inputs:
-            print(f"error: {path}: output {target} would overwrite an input; use --suffix or another "
-                  "output folder", file=sys.stderr)
-            return EXIT_FAILED
-        if target in targets.values():
-            print(f"error: {path}: output name {target.name} collides with another input's", file=sys.stderr)
-            return EXIT_FAILED
-        targets[path] = target
-    model = load(args.model, device=args.device, dtype=args.dtype)
-    settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler)
-    model.resolve(settings)
-    failed, written, skipped = list(missing), 0, 0
-    print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
-    for path in tqdm(paths, desc="upscale", unit="img", disable=len(paths) < 2):
-        target = targets[path]
+        if target.resolve() in resolved or _file_id(target) in input_ids:
+            problem = f"output {target} would overwrite an input; use --suffix or another output folder"
+        elif target in owner:
+            problem = f"output {target} is also the output of {owner[target]}; rename one of them"
+        else:
+            targets[path] = target
+            owner[target] = path
+            continue
+        _say(f"error: {path}: {problem}", error=True)
+        failed.append(str(path))
+    written, skipped = 0, 0
+    if targets:
+        try:
+            model = load(args.model, device=args.device, dtype=args.dtype)
+        except (RuntimeError, MemoryError) as error:  # e.g. a config.json asking for a huge network
+            from flowsr.checkpoint import ModelLoadError
+
+            raise ModelLoadError(f"{args.model}: cannot build the model ({' '.join(str(error).split())})") from None
+        settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler)
+        model.resolve(settings)
+        print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
+    max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
+    bar = len(targets) > 1 and sys.stderr.isatty()
+    for path, target in tqdm(targets.items(), desc="upscale", unit="img", disable=not bar):
         if args.skip_existing and target.exists():
             skipped += 1
             continue
         try:
-            image = read_image(path)
-            result = model.upscale_image(image, settings, seed=image_seed(args.seed, path.name),
-                                         tile=args.tile, tile_overlap=args.tile_overlap)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_image(target, result, inputs=tuple(inputs))
+            image = read_image(path, max_pixels=max_pixels)
+            height, width = image.rgb.shape[-2:]
+            tile = auto_tile(height, width) if args.tile == 0 else max(args.tile, 0)
+            rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
+                                            tile_overlap=args.tile_overlap)
+            write_image_rows(target, rows, image.bit_depth, inputs=(path,))  # streamed, atomic
             for note in image.notes:
-                print(f"note: {path}: {note}")
+                _say(f"note: {path}: {note}")
             written += 1
-        except (ImageReadError, ValueError, OSError) as error:
-            print(f"error: {error}" if str(path) in str(error) else f"error: {path}: {error}", file=sys.stderr)
+        except (ImageReadError, ValueError, OSError, MemoryError, RuntimeError) as error:
+            detail = str(error) or type(error).__name__
+            if isinstance(error, MemoryError) or "out of memory" in detail.lower():
+                detail = f"out of memory ({detail})"
+            _say(f"error: {detail}" if str(path) in detail else f"error: {path}: {detail}", error=True)
             failed.append(str(path))
-    print(f"{written} written, {skipped} skipped, {len(failed)} failed -> {output_dir}")
+    _say(f"{written} written, {skipped} skipped, {len(failed)} failed -> {output_dir}")
     return EXIT_FAILED if failed else 0
 
 
@@ -383,7 +445,7 @@ def cmd_bench(args) -> int:
 
     if args.train:
         rows = bench_training(args)
-        keys = ["objective", "batch", "crop", "s_per_step", "steps_per_s", "vs_flow_matching"]
+        keys = ["objective", "batch", "crop", "s_per_step", "steps_per_s", "images_per_s", "vs_flow_matching"]
     else:
         rows = []
         for spec in args.model:
@@ -454,6 +516,11 @@ def bench_training(args) -> list[dict]:
                      "steps_per_s": 1 / seconds, "device": str(device)})
     for row in rows:
         row["vs_flow_matching"] = row["s_per_step"] / rows[0]["s_per_step"]
+        row["images_per_s"] = batch_size / row["s_per_step"]
+    # inference: one network evaluation on the same batch, no grad
+    seconds = bench.bench_forward(net, batch)
+    rows.append({"objective": "inference (1 NFE)", "batch": batch_size, "crop": crop, "s_per_step": seconds,
+                 "steps_per_s": 1 / seconds, "images_per_s": batch_size / seconds, "device": str(device)})
     return rows
 
 

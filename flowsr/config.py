@@ -233,12 +233,13 @@ def _yaml_value(value) -> str:
 # ---------------------------------------------------------------------------------------------
 # Presets. "tiny-*" train on a CPU in minutes; "*-x4" are the GPU sizes of the shipped models.
 
-TINY_NET = dict(channels=48, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(), patch=4)
+TINY_NET = dict(channels=48, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(), patch=4,
+                prediction="endpoint")
 GPU_NET = dict(channels=48, channel_mult=(1, 2, 2, 2), num_blocks=2, attention_levels=(), patch=2)
 
 
 def _tiny(**kw) -> TrainConfig:
-    base = dict(net=NetConfig(**TINY_NET), crop=64, batch_size=16, max_steps=2000, lr=1e-3,
+    base = dict(net=NetConfig(**TINY_NET), crop=64, batch_size=16, max_steps=2000, lr=1e-3, time_sampler="uniform",
                 warmup=100, ema=0.995, val_every=500, ckpt_every=500, val_images=5)
     base.update(kw)
     return TrainConfig(**base)
@@ -264,6 +265,15 @@ PRESETS = {
                              warmup=100, teacher="runs/teacher-x4"),
     "meanflow-x4": lambda: _gpu(preset="meanflow-x4", objective="meanflow", max_steps=5000, lr=1e-4,
                                 warmup=100, teacher="runs/teacher-x4"),
+    # real-world: trained on Real-ESRGAN second-order degradations instead of bicubic
+    "tiny-teacher-real": lambda: _tiny(preset="tiny-teacher-real", objective="flow_matching", default_steps=4,
+                                       degradation="realesrgan"),
+    "teacher-x4-real": lambda: _gpu(preset="teacher-x4-real", objective="flow_matching", default_steps=4,
+                                    degradation="realesrgan"),
+    "oftsr-x4-real": lambda: _gpu(preset="oftsr-x4-real", objective="oftsr", max_steps=5000, lr=1e-4,
+                                  warmup=100, teacher="runs/teacher-x4-real", degradation="realesrgan"),
+    "meanflow-x4-real": lambda: _gpu(preset="meanflow-x4-real", objective="meanflow", max_steps=5000, lr=1e-4,
+                                     warmup=100, teacher="runs/teacher-x4-real", degradation="realesrgan"),
 }
 
 

@@ -7,7 +7,8 @@ alpha plane (1,H,W) in [0,1], and the bit depth to write it back with. Readers r
 16-bit colour: Pillow (up to 13 at least) has no 16-bit RGB mode; its PNG reader keeps only the high
 byte of each 16-bit RGB/RGBA/LA sample. This module recovers the low byte by running Pillow's own
 PNG decoder a second time with a little-endian raw mode, so 16-bit colour PNGs are read exactly, and
-writes 16-bit PNGs (grey, grey+alpha, RGB, RGBA) with a small encoder of its own. Other 16-bit colour
+writes 16-bit PNGs (grey, grey+alpha, RGB, RGBA) with a small encoder of its own; the same
+encoder streams large images band by band (:func:`write_image_rows`). Other 16-bit colour
 files (TIFF) are read at 8-bit precision, with a note.
 """
 
@@ -16,20 +17,23 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import tempfile
 import threading
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import PIL.Image
 import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+READ_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # what a folder given to list_images yields
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # below Pillow's own decompression-bomb limit (~179 MP)
 
 _READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -124,14 +128,16 @@ def read_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MA
     except PIL.UnidentifiedImageError as error:
         raise ImageReadError(f"{name}: not an image file (or not PNG/JPEG/WebP/BMP/TIFF/GIF)") from error
     except PIL.Image.DecompressionBombError as error:
-        raise ImageReadError(f"{name}: image too large ({error}) (pass --allow-large to override)") from error
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        limit = max_pixels if max_pixels is not None else 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageReadError(_too_large(name, int(pixels.group(1)) if pixels else "more", limit)) from error
     except Exception as error:  # Pillow raises many types for broken files
         detail = " ".join(str(error).split()) or type(error).__name__
         raise ImageReadError(f"{name}: truncated or corrupt image ({detail})") from error
     return _to_image(array, depth, im.mode, path, notes)
 
 
-def _too_large(name: str, pixels: int, limit: int) -> str:
+def _too_large(name: str, pixels: int | str, limit: int) -> str:
     return f"{name}: image too large: {pixels} pixels > limit {limit} (pass --allow-large to override)"
 
 
@@ -190,7 +196,8 @@ def _pil_array(im: PIL.Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
         target = "RGBA"
     else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX
         target = "RGB"
-    array = np.asarray(im.convert(target) if target != mode else im, dtype=np.float32) / 255
+    array = np.array(im.convert(target) if target != mode else im, dtype=np.float32)
+    array /= 255  # in place: a large image is not held twice in float
     return array.reshape(*array.shape[:2], -1), 8
 
 
@@ -357,13 +364,7 @@ def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor 
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unsupported extension (use {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise ValueError(f"{path}: refusing to overwrite an input file")
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: already exists")
-    if bit_depth not in (8, 16):
-        raise ValueError(f"{path}: bit_depth must be 8 or 16, got {bit_depth}")
+    _check_target(path, inputs, overwrite, bit_depth)
     a = _hwc(rgb, alpha)
     if alpha is not None and fmt in ("JPEG", "BMP"):
         warnings.warn(f"{path}: {fmt} has no alpha channel; alpha dropped", stacklevel=2)
@@ -372,7 +373,7 @@ def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor 
         warnings.warn(f"{path}: 16-bit output needs PNG (or greyscale TIFF); writing 8-bit", stacklevel=2)
         bit_depth = 8
     if bit_depth == 16 and fmt == "PNG":
-        data = _png16_bytes(_quantize(a, 16))
+        data = _png_bytes([_quantize(a, 16)])
     else:
         im = _pil_from_hwc(a, bit_depth)
         buffer = io.BytesIO()
@@ -391,6 +392,43 @@ def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.Path
     return write_image(path, image.rgb, image.alpha, image.bit_depth, inputs=inputs, overwrite=overwrite)
 
 
+def write_image_rows(path: str | os.PathLike, rows: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+                     bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
+                     overwrite: bool = True) -> Path:
+    """:func:`write_image` for an image given as row bands, top to bottom: ``(rgb, alpha)`` with rgb
+    (C,n,W) float in [0,1] (C=1 or 3) and alpha (1,n,W) or None, e.g. from
+    :meth:`flowsr.pipeline.Upscaler.upscale_image_rows`.
+
+    PNG is encoded band by band straight into the temporary file, so memory does not grow with the
+    image height; other formats gather the bands first. Same checks and atomicity as :func:`write_image`
+    (if ``rows`` raises, nothing is written).
+    """
+    path = Path(path)
+    fmt = _WRITE_FORMATS.get(path.suffix.lower())
+    if fmt != "PNG":
+        bands = list(rows)
+        if not bands:
+            raise ValueError(f"{path}: no rows to write")
+        alpha = torch.cat([a for _, a in bands], dim=1) if bands[0][1] is not None else None
+        return write_image(path, torch.cat([rgb for rgb, _ in bands], dim=1), alpha, bit_depth,
+                           inputs=inputs, overwrite=overwrite)
+    _check_target(path, inputs, overwrite, bit_depth)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda handle: _write_png(handle, (_quantize(_hwc(rgb, alpha), bit_depth)
+                                                           for rgb, alpha in rows)))
+    return path
+
+
+def _check_target(path: Path, inputs: Iterable[str | os.PathLike], overwrite: bool, bit_depth: int) -> None:
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise ValueError(f"{path}: refusing to overwrite an input file")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"{path}: bit_depth must be 8 or 16, got {bit_depth}")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -398,13 +436,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then rename it over ``path``."""
+def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function writing to a binary file) to a temporary file next to
+    ``path``, fsync, then rename it over ``path``."""
     tmp = tempfile.NamedTemporaryFile(delete=False, dir=path.parent, prefix=f".{path.name}.",
                                       suffix=path.suffix)
     try:
         with tmp:
-            tmp.write(data)
+            if callable(data):
+                data(tmp)
+            else:
+                tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp.name, 0o666 & ~_UMASK)  # NamedTemporaryFile creates 0600
@@ -415,39 +457,69 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _png16_bytes(a: np.ndarray) -> bytes:
-    """uint16 (H,W,C), C in 1..4 (grey, grey+alpha, RGB, RGBA) -> 16-bit PNG file bytes (Sub filter)."""
-    h, w, c = a.shape
-    rows = np.ascontiguousarray(a, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
-    bpp = 2 * c
-    filtered = rows.copy()
-    filtered[:, bpp:] -= rows[:, :-bpp]  # Sub filter: byte minus the byte one pixel left, mod 256
-    raw = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1).tobytes()  # filter type 1 per row
-    compressed = zlib.compress(raw, 6)
+def _png_bytes(bands: Iterable[np.ndarray]) -> bytes:
+    """PNG file bytes of uint8/uint16 (n,W,C) row bands; see :func:`_write_png`."""
+    buffer = io.BytesIO()
+    _write_png(buffer, bands)
+    return buffer.getvalue()
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
-    step = 1 << 20
-    idat = b"".join(chunk(b"IDAT", compressed[i:i + step]) for i in range(0, len(compressed), step))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _write_png(handle: BinaryIO, bands: Iterable[np.ndarray]) -> None:
+    """Write a PNG of row bands, top to bottom: uint8 or uint16 (n,W,C), C in 1..4 (grey, grey+alpha,
+    RGB, RGBA), to a seekable binary file. Each band is filtered (Sub) and compressed as it comes;
+    the header, which needs the height, is written last over a placeholder."""
+    start = handle.tell()
+    handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", bytes(13)))
+    compressor, pending, height, shape = zlib.compressobj(6), bytearray(), 0, None
+    for band in bands:
+        h, w, c = band.shape
+        depth = 16 if band.dtype == np.uint16 else 8
+        if shape is None:
+            shape = (w, c, depth)
+        elif shape != (w, c, depth):
+            raise ValueError(f"PNG row bands differ: (W, C, bits) {(w, c, depth)} after {shape}")
+        rows = np.ascontiguousarray(band, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8)
+        rows = rows.reshape(h, -1)
+        bpp = c * depth // 8
+        filtered = np.empty((h, rows.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel left, mod 256
+        filtered[:, 1:bpp + 1] = rows[:, :bpp]
+        np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, bpp + 1:])
+        pending += compressor.compress(filtered)
+        height += h
+        while len(pending) >= 1 << 20:
+            handle.write(_png_chunk(b"IDAT", bytes(pending[:1 << 20])))
+            del pending[:1 << 20]
+    if shape is None or height == 0 or shape[0] == 0:
+        raise ValueError("no pixels to write")
+    pending += compressor.flush()
+    handle.write(_png_chunk(b"IDAT", bytes(pending)) + _png_chunk(b"IEND", b""))
+    end = handle.tell()
+    width, channels, depth = shape
+    header = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+    handle.seek(start + 8)
+    handle.write(_png_chunk(b"IHDR", header))
+    handle.seek(end)
 
 
 # -- listing ---------------------------------------------------------------------------------------
 def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a list of image paths.
 
-    A folder gives its image files (by extension, case-insensitive; hidden files skipped), sorted by
-    name, not recursive. A path that is not a folder is kept as given, whatever its extension or
-    whether it exists, so that :func:`read_image` reports the problem with it.
+    A folder gives its image files (by extension, :data:`READ_EXTENSIONS`, case-insensitive; hidden
+    files skipped), sorted by name, not recursive. A path that is not a folder is kept as given,
+    whatever its extension or whether it exists, so that :func:`read_image` reports the problem with it.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+            found += sorted((p for p in path.iterdir() if p.suffix.lower() in READ_EXTENSIONS
                              and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
         else:
             found.append(path)

@@ -50,12 +50,19 @@ class NetConfig:
     patch: int = 1  # pixel-unshuffle factor at the stem (2: the U-Net works at half resolution)
     norm: str = "channel"  # "channel": per-pixel LayerNorm over channels (local: tiles match the
     # whole image); "group": GroupNorm (ADM), whose statistics span the whole image
+    prediction: str = "velocity"  # "endpoint": the network predicts the HR image as a residual on cond,
+    # x1_hat = cond + F, and returns v = (x1_hat - x) / max(1 - t, 0.05): the noise of the source is then
+    # removed by construction (fast to train); "velocity": it returns v directly
+    linear_skip: bool = False  # a zero-initialised 1x1 conv from the (unshuffled) input to the output:
+    # lets a narrow, patchified network pass per-pixel information (the source noise) straight through
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_levels = tuple(int(a) for a in self.attention_levels)
         if not self.channel_mult:
             raise ValueError("channel_mult must have at least one level")
+        if self.prediction not in ("velocity", "endpoint"):
+            raise ValueError(f"prediction must be 'velocity' or 'endpoint', not {self.prediction!r}")
         if self.norm not in ("channel", "group"):
             raise ValueError(f"norm must be 'channel' or 'group', not {self.norm!r}")
         if self.patch < 1:
@@ -251,6 +258,8 @@ class UNet(nn.Module):
 
         self.out_norm = _norm(ch, cfg.norm)
         self.out_conv = nn.Conv2d(ch, cfg.image_channels * cfg.patch**2, 3, padding=1)
+        pixels = cfg.image_channels * cfg.patch**2
+        self.linear_skip = _zero(nn.Conv2d(2 * pixels, pixels, 1)) if cfg.linear_skip else None
 
     @property
     def size_multiple(self) -> int:
@@ -297,7 +306,8 @@ class UNet(nn.Module):
         if h is not None:
             emb = emb + self._embed(self.interval_mlp, self._as_batch(h, batch, x))
 
-        hid = self.stem(F.pixel_unshuffle(torch.cat([x, cond], dim=1), self.cfg.patch))
+        inputs = F.pixel_unshuffle(torch.cat([x, cond], dim=1), self.cfg.patch)
+        hid = self.stem(inputs)
         skips = [hid]
         for block in self.down:
             hid = block(hid, emb)
@@ -306,4 +316,11 @@ class UNet(nn.Module):
             hid = block(hid, emb)
         for block in self.up:
             hid = block(torch.cat([hid, skips.pop()], dim=1), emb)
-        return F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(hid))), self.cfg.patch)
+        out = self.out_conv(F.silu(self.out_norm(hid)))
+        if self.linear_skip is not None:
+            out = out + self.linear_skip(inputs)
+        out = F.pixel_shuffle(out, self.cfg.patch)
+        if self.cfg.prediction == "endpoint":
+            remaining = (1 - self._as_batch(t, batch, x)).clamp(min=0.05).view(-1, 1, 1, 1)
+            out = (cond + out - x) / remaining.to(out.dtype)
+        return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,11 @@ from flowsr.ops import imresize
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 LUMA = (0.299, 0.587, 0.114)
+NOISE_BAND = 64  # HR rows per band of source noise, each band drawn from its own seed
+AUTO_TILE = 256  # LR tile side of `flowsr upscale --tile 0` for large inputs ...
+AUTO_TILE_ABOVE = 512 * 512  # ... above this many LR pixels
+AUTO_TILE_SIDE = 2048  # ... or with a side longer than this
+MIN_TILE = 16  # out-of-memory retries halve the tile down to this side
 
 
 def bundled_models() -> dict[str, Path]:
@@ -64,7 +71,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def image_seed(seed: int, name: str) -> int:
     """Per-image seed from the run seed and the file name, so results do not depend on folder order."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+    name = f"{seed}:{name}".encode("utf-8", "surrogateescape")  # undecodable file names too
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "little") >> 1
 
 
 @dataclass
@@ -87,6 +95,7 @@ class Upscaler:
         self.name, self.config = name, config
         self.scale = config.scale if config else scale
         self.net = net.to(self.device) if net is not None else None
+        self.max_tile = 0  # set after a CUDA out-of-memory error: the tile side that fits
         if self.net is not None and self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -133,19 +142,66 @@ class Upscaler:
                        tile: int = 0, tile_overlap: int = 16) -> torch.Tensor:
         """Super-resolve ``lq`` (B,3,h,w) float in [0,1] to (B,3,h*scale,w*scale) float in [0,1].
 
-        The source noise is drawn at full output size from ``seed`` on the CPU, so results are the
-        same on every device and (within blending error) with or without tiling.
+        ``tile > 0`` runs the model on overlapping LR tiles of that side (``tile_overlap`` pixels
+        shared, blended with a raised-cosine window); 0 or less: the whole image at once.
+        The source noise is drawn on the CPU in bands of rows, each from its own seed (see
+        :func:`source_noise`), so results are the same on every device and the noise is exactly the
+        same with or without tiling. On CUDA out-of-memory the image is redone with tiles of half
+        the size (with a note on stderr).
+        """
+        out = None
+        for top, rows in self.upscale_rows(lq, settings, seed, tile, tile_overlap):
+            if out is None and top == 0 and rows.shape[-2] == lq.shape[-2] * self.scale:
+                return rows.to(self.device)  # untiled: one band holds everything
+            if out is None:
+                out = torch.empty(*rows.shape[:2], lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+            out[..., top:top + rows.shape[-2], :] = rows
+        return out.to(self.device)
+
+    @torch.no_grad()
+    def upscale_rows(self, lq: torch.Tensor, settings: Settings | None = None, seed: int = 0,
+                     tile: int = 0, tile_overlap: int = 16) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`upscale_tensor` as a stream: yields ``(first row, rows)``, finished HR rows
+        (B,C,n,W*scale) float32 in [0,1], top to bottom, so a caller can write them out without ever
+        holding the whole output. ``lq`` may carry a 4th (alpha) channel, which is upscaled
+        bicubically. Memory beyond the input: O(tile * scale * W * scale) when tiled.
         """
         settings = self.resolve(settings or Settings())
         lq = lq.to(self.device, torch.float32)
-        batch, _, height, width = lq.shape
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(batch, 3, height * self.scale, width * self.scale, generator=generator)
-        if tile and (height > tile or width > tile):
-            return self._tiled(lq, noise, settings, tile, tile_overlap)
-        return self._run(lq, noise.to(self.device), settings)
 
-    def _run(self, lq: torch.Tensor, noise: torch.Tensor, s: Settings) -> torch.Tensor:
+        def run(part: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+            sr = self._run(part[:, :3], noise, settings)
+            if part.shape[1] == 3:
+                return sr
+            return torch.cat([sr, imresize(part[:, 3:], scale=self.scale).clamp(0, 1)], dim=1)
+
+        height, width = lq.shape[-2:]
+        if self.max_tile and (tile <= 0 or tile > self.max_tile) and max(height, width) > self.max_tile:
+            tile = self.max_tile  # an earlier image ran out of GPU memory above this size
+        done = 0  # rows already yielded: a retry recomputes from the top but yields only the rest
+        while True:
+            noise = _SourceNoise(seed, lq.shape[0], width * self.scale) if self._needs_noise else None
+            try:
+                for top, rows in _tiled_rows(lq, run, self.scale, tile, tile_overlap, noise):
+                    if top + rows.shape[-2] > done:
+                        yield done, rows[..., done - top:, :]
+                        done = top + rows.shape[-2]
+                return
+            except torch.OutOfMemoryError:
+                side = tile if 0 < tile < max(height, width) else max(height, width)
+                if side // 2 < MIN_TILE:
+                    raise
+                tile = self.max_tile = side // 2
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            print(f"note: out of GPU memory; retrying with {tile}-pixel tiles", file=sys.stderr)
+
+    @property
+    def _needs_noise(self) -> bool:
+        return self.net is not None and self.config.kind != "regression"
+
+    def _run(self, lq: torch.Tensor, noise: torch.Tensor | None, s: Settings) -> torch.Tensor:
+        """One model pass: lq (B,3,h,w) in [0,1] and noise (B,3,H,W) (None: the model takes none)."""
         up = imresize(lq, scale=self.scale).clamp(0, 1)
         if self.net is None:
             return up
@@ -153,7 +209,8 @@ class Upscaler:
         height, width = up.shape[-2:]
         pad = (0, -width % multiple, 0, -height % multiple)
         cond = F.pad(up * 2 - 1, pad, mode="reflect" if max(pad) < min(height, width) else "replicate")
-        noise = F.pad(noise, pad)
+        if noise is not None:
+            noise = F.pad(noise.to(self.device), pad)
         if self.device.type == "cuda":
             cond = cond.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -174,38 +231,29 @@ class Upscaler:
             return samplers.one_step(net, x0, cond, ts)
         return samplers.mean_flow(net, x0, cond, time_grid(s.steps).to(cond.device))
 
-    def _tiled(self, lq, noise, settings, tile: int, overlap: int) -> torch.Tensor:
-        """Run on overlapping LR tiles and blend the SR tiles with a smooth (raised-cosine) window."""
-        scale, (_, _, height, width) = self.scale, lq.shape
-        out = torch.zeros(lq.shape[0], 3, height * scale, width * scale)
-        weight = torch.zeros(1, 1, height * scale, width * scale)
-        overlap = max(0, min(overlap, tile // 2))
-        for top in _tile_starts(height, tile, overlap):
-            for left in _tile_starts(width, tile, overlap):
-                rows, cols = slice(top, top + tile), slice(left, left + tile)
-                hr_rows = slice(top * scale, (top + tile) * scale)
-                hr_cols = slice(left * scale, (left + tile) * scale)
-                part = lq[..., rows, cols]
-                sr = self._run(part, noise[..., hr_rows, hr_cols].to(self.device), settings).cpu()
-                window = _window(sr.shape[-2], overlap * scale)[:, None] * _window(
-                    sr.shape[-1], overlap * scale)[None, :]
-                out[..., hr_rows, hr_cols] += sr * window
-                weight[..., hr_rows, hr_cols] += window
-        return (out / weight).to(self.device)
-
     # -- user-facing ---------------------------------------------------------------------------
     def upscale_image(self, image: Image, settings: Settings | None = None, seed: int = 0,
                       tile: int = 0, tile_overlap: int = 16) -> Image:
         """Upscale an :class:`flowsr.io.Image`; greyscale stays greyscale, alpha is upscaled bicubically."""
-        rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
-        sr = self.upscale_tensor(rgb[None], settings, seed, tile, tile_overlap)[0].cpu()
-        if image.rgb.shape[0] == 1:
-            sr = sum(w * c for w, c in zip(LUMA, sr))[None]
-        alpha = None
-        if image.alpha is not None:
-            alpha = imresize(image.alpha[None].float(), scale=self.scale)[0].clamp(0, 1)
-        return Image(rgb=sr.clamp(0, 1), alpha=alpha, bit_depth=image.bit_depth, mode=image.mode,
-                     path=None, notes=list(image.notes))
+        bands = list(self.upscale_image_rows(image, settings, seed, tile, tile_overlap))
+        rgb = torch.cat([rgb for rgb, _ in bands], dim=1)
+        alpha = torch.cat([alpha for _, alpha in bands], dim=1) if image.alpha is not None else None
+        return Image(rgb=rgb, alpha=alpha, bit_depth=image.bit_depth, mode=image.mode, path=None,
+                     notes=list(image.notes))
+
+    def upscale_image_rows(self, image: Image, settings: Settings | None = None, seed: int = 0,
+                           tile: int = 0, tile_overlap: int = 16
+                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`upscale_image` as a stream of row bands, top to bottom: ``(rgb, alpha)`` with rgb
+        (C,n,W) float in [0,1] (C=1 for greyscale input) and alpha (1,n,W) or None; what
+        :func:`flowsr.io.write_image_rows` writes."""
+        grey = image.rgb.shape[0] == 1
+        rgb = image.rgb.expand(3, -1, -1) if grey else image.rgb
+        lq = rgb if image.alpha is None else torch.cat([rgb, image.alpha.to(rgb.dtype)])
+        for _, rows in self.upscale_rows(lq[None], settings, seed, tile, tile_overlap):
+            rows = rows[0].cpu()
+            sr = sum(w * c for w, c in zip(LUMA, rows[:3]))[None] if grey else rows[:3]
+            yield sr.clamp(0, 1), (rows[3:].clamp(0, 1) if image.alpha is not None else None)
 
     def upscale(self, image, steps: int | None = None, t: float | None = None,
                 guidance: float | None = None, seed: int = 0, tile: int = 0, tile_overlap: int = 16):
@@ -252,6 +300,89 @@ def _window(length: int, ramp: int) -> torch.Tensor:
         window[:ramp] = rise
         window[-ramp:] = rise.flip(0)
     return window
+
+
+def auto_tile(height: int, width: int) -> int:
+    """The LR tile side ``flowsr upscale --tile 0`` uses: :data:`AUTO_TILE` for inputs over
+    :data:`AUTO_TILE_ABOVE` pixels or with a side over :data:`AUTO_TILE_SIDE`, else 0 (untiled)."""
+    return AUTO_TILE if height * width > AUTO_TILE_ABOVE or max(height, width) > AUTO_TILE_SIDE else 0
+
+
+def source_noise(seed: int, band: int, batch: int, width: int) -> torch.Tensor:
+    """The source noise eps of HR rows ``[band * NOISE_BAND, (band + 1) * NOISE_BAND)``:
+    (batch, 3, NOISE_BAND, width) float32 on the CPU, from a generator seeded by (seed, band)."""
+    band_seed = int.from_bytes(hashlib.sha256(f"{seed}:{band}".encode()).digest()[:8], "little") >> 1
+    return torch.randn(batch, 3, NOISE_BAND, width, generator=torch.Generator().manual_seed(band_seed))
+
+
+class _SourceNoise:
+    """The noise of one output, drawn band by band on demand; bands above the last request are dropped."""
+
+    def __init__(self, seed: int, batch: int, width: int):
+        self.seed, self.batch, self.width, self.bands = seed, batch, width, {}
+
+    def rows(self, top: int, bottom: int, keep: bool = True) -> torch.Tensor:
+        """Noise of HR rows [top, bottom), full width; ``keep``: cache the bands for the next call."""
+        first, last = top // NOISE_BAND, (bottom - 1) // NOISE_BAND
+        self.bands = {b: v for b, v in self.bands.items() if b >= first}
+        parts = []
+        for band in range(first, last + 1):
+            part = self.bands.get(band)
+            if part is None:
+                part = source_noise(self.seed, band, self.batch, self.width)
+                if keep:
+                    self.bands[band] = part
+            parts.append(part)
+        return torch.cat(parts, dim=2)[:, :, top - first * NOISE_BAND:bottom - first * NOISE_BAND]
+
+
+def _tiled_rows(lq, run, scale: int, tile: int, overlap: int, noise: _SourceNoise | None):
+    """Yield (first row, finished rows) of ``run`` over ``lq`` (B,C,h,w), top to bottom.
+
+    ``run(part, noise)`` maps an LR part and its HR noise (or None) to HR (B,C',h'*scale,w'*scale).
+    Tiles are run one row of tiles at a time into an accumulator one tile high and the full width;
+    the blending weight is separable (row sum x column sum), so only 1-D weights are stored. Rows
+    no later tile touches are divided by the weight and yielded, at most NOISE_BAND rows at a time.
+    """
+    height, width = lq.shape[-2:]
+    if tile <= 0 or (height <= tile and width <= tile):
+        yield 0, run(lq, noise.rows(0, height * scale, keep=False) if noise else None)
+        return
+    overlap = max(0, min(overlap, tile // 2))
+    tile_h, tile_w = min(tile, height) * scale, min(tile, width) * scale
+    tops, lefts = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+    window_h, window_w = _window(tile_h, overlap * scale), _window(tile_w, overlap * scale)
+    row_sum, col_sum = torch.zeros(height * scale), torch.zeros(width * scale)
+    for top in tops:
+        row_sum[top * scale:top * scale + tile_h] += window_h
+    for left in lefts:
+        col_sum[left * scale:left * scale + tile_w] += window_w
+    window = window_h[:, None] * window_w[None, :]
+
+    def finished(acc, acc_top, bottom):
+        for start in range(acc_top, bottom, NOISE_BAND):
+            stop = min(start + NOISE_BAND, bottom)
+            weight = row_sum[start:stop, None] * col_sum[None, :]
+            yield start, acc[..., start - acc_top:stop - acc_top, :] / weight
+
+    acc, acc_top = None, 0  # acc holds HR rows [acc_top, acc_top + tile_h)
+    for top in tops:
+        hr_top = top * scale
+        if acc is not None:  # rows above this row of tiles are final
+            yield from finished(acc, acc_top, hr_top)
+            keep = acc_top + tile_h - hr_top
+            acc[..., :keep, :] = acc[..., hr_top - acc_top:, :].clone()
+            acc[..., keep:, :] = 0
+        acc_top = hr_top
+        band = noise.rows(hr_top, hr_top + tile_h) if noise else None
+        for left in lefts:
+            hr_left = left * scale
+            part = lq[..., top:top + tile, left:left + tile]
+            sr = run(part, band[..., hr_left:hr_left + tile_w] if band is not None else None).float().cpu()
+            if acc is None:
+                acc = torch.zeros(sr.shape[0], sr.shape[1], tile_h, width * scale)
+            acc[..., hr_left:hr_left + tile_w] += sr * window
+    yield from finished(acc, acc_top, acc_top + tile_h)
 
 
 def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto",

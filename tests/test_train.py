@@ -35,29 +35,48 @@ def test_run_writes_a_loadable_model(image_folder, tmp_path):
     assert net(x, torch.zeros(1), x).shape == x.shape
 
 
-def test_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path, monkeypatch):
-    reference = train(tiny_config(image_folder), tmp_path / "reference")
-
+def _interrupted_then_resumed(cfg_factory, out, monkeypatch):
+    """Run until the 5th batch raises (checkpoint at step 3 is the last), then resume to the end."""
     calls = {"n": 0}
     real_make_batch = train_module.make_batch
 
     def interrupted_make_batch(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # steps 1-4 ran; the checkpoint at step 3 is the last one
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_make_batch(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "make_batch", interrupted_make_batch)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(image_folder), tmp_path / "resumed")
+        train(cfg_factory(), out)
     monkeypatch.setattr(train_module, "make_batch", real_make_batch)
-    assert len(losses(tmp_path / "resumed")) == 4
-    train(tiny_config(image_folder), tmp_path / "resumed", resume=True)
+    assert len(losses(out)) == 4
+    train(cfg_factory(), out, resume=True)
 
-    assert losses(tmp_path / "resumed") == losses(reference)
-    final = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    expected = load_file(str(reference / "model.safetensors"))
+
+def _assert_same_run(a, b):
+    assert losses(a) == losses(b)
+    final, expected = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    reference = train(tiny_config(image_folder), tmp_path / "reference")
+    _interrupted_then_resumed(lambda: tiny_config(image_folder), tmp_path / "resumed", monkeypatch)
+    _assert_same_run(tmp_path / "resumed", reference)
+
+
+@pytest.mark.parametrize("name", ["tiny-oftsr", "tiny-meanflow"])
+def test_distillation_resumes_exactly(image_folder, tmp_path, monkeypatch, name):
+    teacher = train(tiny_config(image_folder, "max_steps=2"), tmp_path / "teacher")
+
+    def student_config():
+        return apply_overrides(preset(name), [*TINY_OVERRIDES, f"data={image_folder}", "max_steps=6",
+                                              f"teacher={teacher}", "guidance=1.5"])
+
+    reference = train(student_config(), tmp_path / "reference")
+    _interrupted_then_resumed(student_config, tmp_path / "resumed", monkeypatch)
+    _assert_same_run(tmp_path / "resumed", reference)
 
 
 def test_fresh_run_refuses_to_overwrite_a_run(image_folder, tmp_path):
