@@ -61,6 +61,7 @@ class TrainConfig:
     p_drop: float = 0.1
     loss: str = "l2"  # l1 | l2
     time_sampler: str = "logit_normal"  # logit_normal | uniform
+    weighting: str = "none"  # none | endpoint (loss on the implied HR endpoint; for net.prediction=endpoint)
     # distillation (oftsr, meanflow)
     teacher: str = ""  # model directory or bundled name of the teacher
     guidance: float = 1.0  # teacher CFG scale distilled into a MeanFlow student
@@ -240,6 +241,7 @@ GPU_NET = dict(channels=48, channel_mult=(1, 2, 2, 2), num_blocks=2, attention_l
 
 def _tiny(**kw) -> TrainConfig:
     base = dict(net=NetConfig(**TINY_NET), crop=64, batch_size=16, max_steps=2000, lr=1e-3, time_sampler="uniform",
+                weighting="endpoint",
                 warmup=100, ema=0.995, val_every=500, ckpt_every=500, val_images=5)
     base.update(kw)
     return TrainConfig(**base)

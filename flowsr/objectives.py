@@ -51,11 +51,14 @@ def _sample_t(kind: str, like: Tensor) -> Tensor:
 
 
 def flow_matching_loss(net: Callable, batch: dict, *, sigma_p: float = 0.2, p_drop: float = 0.1,
-                       loss: str = "l2", time_sampler: str = "logit_normal"):
+                       loss: str = "l2", time_sampler: str = "logit_normal", weighting: str = "none"):
     """Conditional flow matching (Lipman et al. 2023, arXiv 2210.02747) from the noisy LR source.
 
     ``x0 = source(cond)``, ``x_t = (1-t) x0 + t x1``, ``L = E |v(x_t, t, c) - (x1 - x0)|^p``, p = 2
     (``"l2"``) or 1 (``"l1"``); the condition is zeroed per row with probability ``p_drop``.
+    ``weighting="endpoint"`` multiplies each row's error by ``max(1-t, 0.05)^p``: for a network that
+    predicts the endpoint (``v = (x1_hat - x_t) / (1-t)``) this is the error of ``x1_hat`` itself, so
+    rows near t = 1 do not dominate.
     """
     if loss not in ("l1", "l2"):
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
@@ -66,6 +69,10 @@ def flow_matching_loss(net: Callable, batch: dict, *, sigma_p: float = 0.2, p_dr
     x_t = interpolate(x0, x1, t)
     # velocity regression with condition dropout
     err = net(x_t, t, _drop_cond(cond, p_drop)[0]) - target_velocity(x0, x1)
+    if weighting == "endpoint":
+        err = err * expand_t((1 - t).clamp(min=0.05), err)
+    elif weighting != "none":
+        raise ValueError(f"weighting must be 'none' or 'endpoint', got {weighting!r}")
     value = err.square().mean() if loss == "l2" else err.abs().mean()
     return value, _logs(loss=value)
 

@@ -49,7 +49,7 @@ def build_loss(cfg: TrainConfig, teacher=None):
     """The objective of ``cfg`` as ``loss_fn(net, batch) -> (loss, logs)``."""
     if cfg.objective == "flow_matching":
         return partial(objectives.flow_matching_loss, sigma_p=cfg.sigma_p, p_drop=cfg.p_drop,
-                       loss=cfg.loss, time_sampler=cfg.time_sampler)
+                       loss=cfg.loss, time_sampler=cfg.time_sampler, weighting=cfg.weighting)
     if cfg.objective == "regression":
         return partial(objectives.regression_loss)
     if cfg.objective == "oftsr":

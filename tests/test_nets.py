@@ -121,3 +121,21 @@ def test_bad_size_raises():
     x, t, cond = _inputs(size=18)
     with pytest.raises(ValueError, match="multiples of 4"):
         net(x, t, cond)
+
+
+def test_endpoint_prediction_and_patch():
+    """prediction="endpoint": v = (cond + F - x) / max(1 - t, 0.05); with F = 0 the velocity moves x to cond."""
+    cfg = NetConfig(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=(), patch=2,
+                    prediction="endpoint", linear_skip=True)
+    net = _net(cfg)
+    assert net.size_multiple == 4
+    with torch.no_grad():
+        net.out_conv.weight.zero_()
+        net.out_conv.bias.zero_()
+        x, _, cond = _inputs(size=8)
+        t = torch.tensor([0.0, 0.5])
+        expected = (cond - x) / torch.tensor([1.0, 0.5]).view(2, 1, 1, 1)
+        assert torch.allclose(net(x, t, cond), expected, atol=1e-6)
+        assert torch.allclose(net(x, torch.ones(2), cond), (cond - x) / 0.05, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction"):
+        NetConfig(prediction="noise")

@@ -304,3 +304,25 @@ def test_meanflow_cuda_autocast(jvp_dtype):
     assert math.isfinite(value.item()) and all(math.isfinite(v) for v in logs.values())
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters())
+
+
+def test_flow_matching_endpoint_weighting_is_the_endpoint_error():
+    """weighting="endpoint": (1-t)^2 |v - (x1 - x0)|^2 = |x1_hat - x1|^2 for v = (x1_hat - x_t) / (1 - t)."""
+    torch.manual_seed(0)
+    gt = torch.rand(4, 3, 8, 8) * 2 - 1
+    cond = gt + 0.1
+    guess = torch.rand(4, 3, 8, 8)
+    seen = {}
+
+    def endpoint_net(x, t, c, h=None):
+        seen["t"] = t
+        return (guess - x) / (1 - t).clamp(min=0.05).view(-1, 1, 1, 1)
+
+    value, _ = flow_matching_loss(endpoint_net, {"gt": gt, "cond": cond}, p_drop=0.0, time_sampler="uniform",
+                                  weighting="endpoint")
+    assert bool((seen["t"] < 0.95).all())  # true for this seed: no clamping
+    assert torch.allclose(value, (guess - gt).square().mean(), rtol=1e-5)
+    unweighted, _ = flow_matching_loss(endpoint_net, {"gt": gt, "cond": cond}, p_drop=0.0, time_sampler="uniform")
+    assert not torch.allclose(unweighted, (guess - gt).square().mean(), rtol=1e-3)
+    with pytest.raises(ValueError, match="weighting"):
+        flow_matching_loss(endpoint_net, {"gt": gt, "cond": cond}, weighting="snr")
