@@ -157,7 +157,7 @@ def served(tmp_path_factory):
     yield Client(url), process, temp
     process.send_signal(signal.SIGINT)
     try:
-        assert process.wait(timeout=15) == 0, (base / "server.log").read_text()
+        assert process.wait(timeout=60) == 0, (base / "server.log").read_text()
     finally:
         process.kill()
         log.close()
