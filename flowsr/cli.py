@@ -30,6 +30,8 @@ def _add_runtime(parser) -> None:
                         "depends on its file name")
     parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels (0: no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
+    parser.add_argument("--color-fix", default="none", choices=["none", "wavelet", "adain"],
+                        help="correct the output's colours against the bicubic-upsampled input")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +219,8 @@ def cmd_upscale(args) -> int:
             from flowsr.checkpoint import ModelLoadError
 
             raise ModelLoadError(f"{args.model}: cannot build the model ({' '.join(str(error).split())})") from None
-        settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler)
+        settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler,
+                            color_fix=args.color_fix)
         model.resolve(settings)
         print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
@@ -275,7 +278,8 @@ def cmd_eval(args) -> int:
         t_list = (args.t or [None]) if kind in ("oftsr", "meanflow") else [None]
         for steps in steps_list:
             for t in t_list:
-                settings = Settings(steps=steps, t=t, guidance=args.guidance, sampler=args.sampler)
+                settings = Settings(steps=steps, t=t, guidance=args.guidance, sampler=args.sampler,
+                                    color_fix=args.color_fix)
                 if kind == "meanflow" and steps not in (None, 1) and t not in (None, 1.0):
                     continue  # the knob applies to one-step sampling only
                 if kind in ("bicubic", "regression", "oftsr") and steps not in (None, 1):

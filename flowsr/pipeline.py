@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowsr import samplers
+from flowsr import colorfix, samplers
 from flowsr.checkpoint import ModelLoadError, load_model_dir
 from flowsr.config import ModelConfig
 from flowsr.flow import source, time_grid
@@ -83,6 +83,7 @@ class Settings:
     t: float | None = None
     guidance: float | None = None
     sampler: str | None = None  # euler | heun (flow teachers)
+    color_fix: str = "none"  # none | wavelet | adain: match the output's colours to up(lq)
 
 
 class Upscaler:
@@ -123,7 +124,9 @@ class Upscaler:
             raise ValueError(f"sampler must be euler or heun, not {sampler!r}")
         if kind not in ("oftsr", "meanflow"):
             t = None  # the knob means nothing here; resolving twice gives the same settings
-        return Settings(steps=steps, t=t, guidance=guidance, sampler=sampler)
+        if settings.color_fix not in colorfix.METHODS:
+            raise ValueError(f"color_fix must be one of {', '.join(colorfix.METHODS)}, not {settings.color_fix!r}")
+        return Settings(steps=steps, t=t, guidance=guidance, sampler=sampler, color_fix=settings.color_fix)
 
     def nfe(self, settings: Settings) -> int:
         """Network evaluations per image (CFG counts two per step; Heun two per step)."""
@@ -215,7 +218,8 @@ class Upscaler:
             cond = cond.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self._sample(cond, noise, s)
-        return ((out.float()[..., :height, :width] + 1) / 2).clamp(0, 1)
+        result = ((out.float()[..., :height, :width] + 1) / 2).clamp(0, 1)
+        return colorfix.color_fix(result, up, s.color_fix)
 
     def _sample(self, cond, noise, s: Settings):
         kind, net = self.config.kind, self.net

@@ -156,3 +156,16 @@ def test_training_with_realesrgan_degradation(image_folder, tmp_path):
 def test_real_world_presets(name):
     cfg = preset(name)
     assert cfg.degradation == "realesrgan" and cfg.preset == name
+
+
+def test_color_fix_option_in_upscale_and_eval(tmp_path, image_folder):
+    import numpy as np
+    from PIL import Image
+
+    from flowsr.cli import main
+
+    for method in ("wavelet", "adain"):
+        assert main(["upscale", str(image_folder / "img0.png"), "-o", str(tmp_path / method), "--model", "bicubic",
+                     "--color-fix", method]) == 0
+        assert np.asarray(Image.open(tmp_path / method / "img0.png")).shape == (192, 256, 3)
+    assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--color-fix", "adain"]) == 0
