@@ -325,8 +325,10 @@ class _SourceNoise:
     def __init__(self, seed: int, batch: int, width: int):
         self.seed, self.batch, self.width, self.bands = seed, batch, width, {}
 
-    def rows(self, top: int, bottom: int, keep: bool = True) -> torch.Tensor:
-        """Noise of HR rows [top, bottom), full width; ``keep``: cache the bands for the next call."""
+    def block(self, top: int, bottom: int, left: int = 0, right: int | None = None,
+              keep: bool = True) -> torch.Tensor:
+        """Noise of HR rows [top, bottom) and columns [left, right) (B,3,rows,cols); ``keep``: cache
+        the full-width bands for the next call (bands above ``top`` are dropped)."""
         first, last = top // NOISE_BAND, (bottom - 1) // NOISE_BAND
         self.bands = {b: v for b, v in self.bands.items() if b >= first}
         parts = []
@@ -336,7 +338,7 @@ class _SourceNoise:
                 part = source_noise(self.seed, band, self.batch, self.width)
                 if keep:
                     self.bands[band] = part
-            parts.append(part)
+            parts.append(part[..., left:right])
         return torch.cat(parts, dim=2)[:, :, top - first * NOISE_BAND:bottom - first * NOISE_BAND]
 
 
@@ -350,7 +352,7 @@ def _tiled_rows(lq, run, scale: int, tile: int, overlap: int, noise: _SourceNois
     """
     height, width = lq.shape[-2:]
     if tile <= 0 or (height <= tile and width <= tile):
-        yield 0, run(lq, noise.rows(0, height * scale, keep=False) if noise else None)
+        yield 0, run(lq, noise.block(0, height * scale, keep=False) if noise else None)
         return
     overlap = max(0, min(overlap, tile // 2))
     tile_h, tile_w = min(tile, height) * scale, min(tile, width) * scale
@@ -374,15 +376,17 @@ def _tiled_rows(lq, run, scale: int, tile: int, overlap: int, noise: _SourceNois
         hr_top = top * scale
         if acc is not None:  # rows above this row of tiles are final
             yield from finished(acc, acc_top, hr_top)
-            keep = acc_top + tile_h - hr_top
-            acc[..., :keep, :] = acc[..., hr_top - acc_top:, :].clone()
+            shift, keep = hr_top - acc_top, acc_top + tile_h - hr_top
+            for start in range(0, keep, shift):  # move the kept rows up, in blocks that do not overlap
+                stop = min(start + shift, keep)
+                acc[..., start:stop, :] = acc[..., start + shift:stop + shift, :]
             acc[..., keep:, :] = 0
         acc_top = hr_top
-        band = noise.rows(hr_top, hr_top + tile_h) if noise else None
         for left in lefts:
             hr_left = left * scale
             part = lq[..., top:top + tile, left:left + tile]
-            sr = run(part, band[..., hr_left:hr_left + tile_w] if band is not None else None).float().cpu()
+            tile_noise = noise.block(hr_top, hr_top + tile_h, hr_left, hr_left + tile_w) if noise else None
+            sr = run(part, tile_noise).float().cpu()
             if acc is None:
                 acc = torch.zeros(sr.shape[0], sr.shape[1], tile_h, width * scale)
             acc[..., hr_left:hr_left + tile_w] += sr * window
