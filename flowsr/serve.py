@@ -568,6 +568,7 @@ def run(args) -> int:
     app.start()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: no job half-written
+        signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a shell's `&`)
     if not server.loopback:
         log(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
     device = next(iter(models.values())).device

@@ -154,6 +154,8 @@ def served(tmp_path_factory):
         process.kill()
         pytest.fail(f"server did not start: {line!r}\n{(base / 'server.log').read_text()}")
     url = line.split("open ")[1].split()[0]
+    # keep reading the server's stdout so a full pipe can never block it
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
     yield Client(url), process, temp
     process.send_signal(signal.SIGINT)
     try:
