@@ -180,6 +180,8 @@ def test_degrade_reproduces_matlab_lr_files(tmp_path, scale):
 
 
 @pytest.mark.skipif(not (SHARED / "test" / "Set5").is_dir(), reason="../shared/data not present")
-def test_bicubic_baseline_matches_published_set5():
-    code = main(["eval", "--model", "bicubic", "--data", str(SHARED / "test" / "Set5" / "HR")])
-    assert code == 0
+def test_bicubic_baseline_matches_published_set5(tmp_path):
+    out = tmp_path / "set5.json"
+    assert main(["eval", "--model", "bicubic", "--data", str(SHARED / "test" / "Set5" / "HR"), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert abs(metrics["psnr_y"] - 28.42) <= 0.02 and abs(metrics["ssim_y"] - 0.8104) <= 0.002
