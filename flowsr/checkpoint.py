@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flowsr.config import ModelConfig
+from flowsr.io import FILE_MODE
 from flowsr.nets import UNet
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
@@ -31,11 +32,15 @@ def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync, then rename onto ``path``.
 
     On any failure (including a full disk) the temporary file is removed and ``path`` is untouched.
+    The file gets the usual permissions (0666 less the umask), or keeps those of the file it replaces.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else FILE_MODE)
+    finally:
+        os.close(fd)
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as handle:
@@ -87,16 +92,19 @@ def load_model_dir(directory: Path, device="cpu") -> tuple[UNet, ModelConfig]:
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelLoadError(f"{weights}: not a readable safetensors file ({error})") from None
     try:
+        with torch.device("meta"):  # shapes only: an absurd config.json allocates nothing
+            check_state_dict(UNet(config.net), state, weights)
         net = UNet(config.net)
     except (ValueError, TypeError) as error:
         raise ModelLoadError(f"{directory / 'config.json'}: cannot build the network ({error})") from None
-    check_state_dict(net, state, weights)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(device).eval().requires_grad_(False), config
 
 
 def check_state_dict(net: torch.nn.Module, state: dict, source) -> None:
-    """Raise ModelLoadError unless ``state`` has exactly the network's keys and shapes, all finite."""
+    """Raise ModelLoadError unless ``state`` has exactly the network's keys and shapes, all finite.
+
+    ``net`` may live on the meta device (only its shapes are read)."""
     expected = net.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -128,6 +136,14 @@ def save_training_checkpoint(path: Path, *, net, ema, optimizer, step: int, meta
     metadata = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"]),
                 "meta": json.dumps(meta)}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files that a killed ``atomic_write`` left in a directory this process owns."""
+    stale = sorted(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_training_checkpoint(path: Path, *, net, ema, optimizer) -> tuple[int, dict, dict]:

@@ -19,6 +19,14 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -28,7 +36,8 @@ def _add_runtime(parser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also "
                         "depends on its file name")
-    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels (0: no tiling)")
+    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels; 0: automatic "
+                        "for upscale and serve, none for eval and bench; -1: never tile")
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
     parser.add_argument("--color-fix", default="none", choices=["none", "wavelet", "adain"],
                         help="correct the output's colours against the bicubic-upsampled input")
@@ -45,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", help="image files and/or folders")
     up.add_argument("-o", "--output", required=True, help="output folder")
     up.add_argument("--model", default="default", help="model directory, bundled name or 'bicubic'")
-    up.add_argument("--steps", type=int, default=None)
+    up.add_argument("--steps", type=_positive, default=None)
     up.add_argument("--t", type=float, default=None, help="fidelity (0) .. realism (1) knob of students")
     up.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (1 = off)")
     up.add_argument("--sampler", default=None, choices=["euler", "heun"])
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
     ev.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
     ev.add_argument("--data", required=True, help="folder of HR images, or with HR/ and LR/")
-    ev.add_argument("--scale", type=int, default=4)
+    ev.add_argument("--scale", type=_positive, default=4)
     ev.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
     ev.add_argument("--t", type=_floats, default=None, help="list, e.g. 0,0.5,1 (students)")
     ev.add_argument("--guidance", type=float, default=None)
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg = commands.add_parser("degrade", help="make LR images from HR images")
     dg.add_argument("-i", "--input", required=True, help="HR folder or file")
     dg.add_argument("-o", "--output", required=True, help="LR folder")
-    dg.add_argument("--scale", type=int, default=4)
+    dg.add_argument("--scale", type=_positive, default=4)
     dg.add_argument("--kind", default="bicubic", choices=["bicubic", "realesrgan"])
     dg.add_argument("--config", default=None, help="YAML overrides of the Real-ESRGAN settings")
     dg.add_argument("--seed", type=int, default=0)
@@ -96,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
     bn.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
     bn.add_argument("--t", type=float, default=None)
-    bn.add_argument("--size", type=int, default=512, help="output side in pixels")
-    bn.add_argument("--batch", type=int, default=1)
-    bn.add_argument("--repeat", type=int, default=10)
+    bn.add_argument("--size", type=_positive, default=512, help="output side in pixels")
+    bn.add_argument("--batch", type=_positive, default=1)
+    bn.add_argument("--repeat", type=_positive, default=10)
     bn.add_argument("--compile", action="store_true", help="torch.compile the network")
     bn.add_argument("--matmul", action="store_true", help="also measure the card's bf16 matmul rate")
     bn.add_argument("--train", default=None, metavar="PRESET",
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return handler(args)
-    except (ModelLoadError, DataError, MetricUnavailable, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ModelLoadError, DataError, MetricUnavailable, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -64,6 +64,7 @@ class TrainConfig:
     weighting: str = "none"  # none | endpoint (loss on the implied HR endpoint; for net.prediction=endpoint)
     # distillation (oftsr, meanflow)
     teacher: str = ""  # model directory or bundled name of the teacher
+    init: str = ""  # start from this trained model's weights (directory or bundled name), e.g. real from bicubic
     guidance: float = 1.0  # teacher CFG scale distilled into a MeanFlow student
     s_min: float = 0.01
     s_max: float = 0.99

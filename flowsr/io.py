@@ -47,6 +47,7 @@ _PNG16_LOW_BYTES = {"RGB;16B": ("RGB;16L", [0, 1, 2], [0, 1, 2]),
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # permissions of a new file, as open() gives them (temporary files get 0600)
 
 
 class ImageReadError(Exception):
@@ -449,7 +450,7 @@ def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
                 tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o666 & ~_UMASK)  # NamedTemporaryFile creates 0600
+        os.chmod(tmp.name, FILE_MODE)
         os.replace(tmp.name, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -27,6 +27,7 @@ from flowsr.checkpoint import (
     ModelLoadError,
     load_model_dir,
     load_training_checkpoint,
+    remove_stale_temporaries,
     save_model_dir,
     save_training_checkpoint,
 )
@@ -124,13 +125,17 @@ def _restore_rng(rng: dict[str, torch.Tensor], rank: int, device, crops) -> None
         torch.cuda.set_rng_state(rng[f"cuda.{rank}"], device)
 
 
-def load_teacher(spec: str, device) -> tuple[UNet, ModelConfig]:
+def load_trained(spec: str, device) -> tuple[UNet, ModelConfig]:
+    """A trained model by directory or bundled name (teacher of a student, or ``init=``)."""
     from flowsr.pipeline import bundled_models
 
-    path = bundled_models().get(spec, Path(spec))
-    teacher, config = load_model_dir(path, device)
+    return load_model_dir(bundled_models().get(spec, Path(spec)), device)
+
+
+def load_teacher(spec: str, device) -> tuple[UNet, ModelConfig]:
+    teacher, config = load_trained(spec, device)
     if config.kind != "flow":
-        raise ModelLoadError(f"{path}: a teacher must be a flow model, this one is {config.kind!r}")
+        raise ModelLoadError(f"{spec}: a teacher must be a flow model, this one is {config.kind!r}")
     return teacher, config
 
 
@@ -186,9 +191,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     if cfg.objective in ("oftsr", "meanflow") and cfg.teacher:
         teacher, teacher_cfg = load_teacher(cfg.teacher, device)
         cfg.net, cfg.sigma_p, cfg.scale = copy.deepcopy(teacher_cfg.net), teacher_cfg.sigma_p, teacher_cfg.scale
+    init = None
+    if cfg.init:
+        init, init_cfg = load_trained(cfg.init, device)
+        if init_cfg.scale != cfg.scale:
+            raise ModelLoadError(f"init={cfg.init}: scale x{init_cfg.scale}, this run trains x{cfg.scale}")
+        cfg.net = copy.deepcopy(init_cfg.net)
     net = UNet(cfg.net)
-    if teacher is not None:
-        net.load_state_dict(teacher.state_dict())
+    # weights: the init model's when given, else a student's teacher's
+    if init is not None or teacher is not None:
+        net.load_state_dict((init if init is not None else teacher).state_dict())
     net.to(device)
     if device.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -220,6 +232,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         _truncate_log(out / "log.jsonl", start)
+        remove_stale_temporaries(out)
 
     model = net
     if world > 1:
@@ -242,7 +255,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
             return
         training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
                     "crop": cfg.crop, "wall_seconds": round(wall, 1), "device": _device_name(device),
-                    "teacher": cfg.teacher, "degradation": cfg.degradation}
+                    "teacher": cfg.teacher, "init": cfg.init, "degradation": cfg.degradation}
         save_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer, step=step,
                                  meta={"wall_seconds": wall, "config": asdict(cfg)}, rng=rng)
         save_model_dir(out, ema, model_config(cfg, training))
@@ -324,8 +337,14 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (a killed run may have left some)."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # blank, or half-written when the run was killed
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -104,6 +104,21 @@ def test_distillation_students_start_from_the_teacher(image_folder, tmp_path):
         assert len(losses(out)) == 2
 
 
+def test_init_starts_from_a_trained_model(image_folder, tmp_path):
+    base = train(tiny_config(image_folder, "max_steps=3"), tmp_path / "base")
+    # a different net.channels on the command line is replaced by the init model's network
+    out = train(tiny_config(image_folder, "max_steps=1", "lr=0", f"init={base}", "net.channels=16"),
+                tmp_path / "init")
+    expected, got = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.allclose(got[k], expected[k], rtol=0, atol=1e-6) for k in expected)
+    _, config = load_model_dir(out)
+    assert config.training["init"] == str(base)
+    # and training moves on from there
+    moved = train(tiny_config(image_folder, "max_steps=2", f"init={base}"), tmp_path / "moved")
+    moved = load_file(str(moved / "model.safetensors"))
+    assert max((moved[k] - expected[k]).abs().max() for k in expected) > 1e-4
+
+
 def test_overrides_are_checked():
     cfg = preset("tiny-teacher")
     apply_overrides(cfg, ["net.channels=8", "lr=0.5", "channels_last=false", "net.channel_mult=1,2"])
