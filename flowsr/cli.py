@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--t", type=_floats, default=None, help="list, e.g. 0,0.5,1 (students)")
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--sampler", default=None, choices=["euler", "heun"])
-    ev.add_argument("--metrics", default="psnr,ssim", help="psnr,ssim,hf,lpips,lpips_vgg,dists,niqe")
+    ev.add_argument("--metrics", default="psnr,ssim", help="psnr,ssim,hf,lpips,lpips_vgg,dists,niqe "
+                    "(per image, averaged), fid,kid (over all crops of the set, see --fid-patch)")
+    ev.add_argument("--fid-patch", type=_positive, default=64, help="crop side for patch FID/KID")
     ev.add_argument("--json", default=None, help="write results here")
     ev.add_argument("--save", default=None, help="write super-resolved images under this folder")
     ev.add_argument("--report", default=None, help="write results.md, tradeoff.png (and grids) here")
@@ -262,9 +264,10 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from flowsr.evaluate import evaluate, format_table, load_dataset
+    from flowsr.evaluate import check_metrics, evaluate, format_table, load_dataset
     from flowsr.pipeline import Settings, load
 
+    metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     dataset = load_dataset(args.data, args.scale)
     for message in dataset.errors:
         print(f"error: {message}", file=sys.stderr)
@@ -274,7 +277,6 @@ def cmd_eval(args) -> int:
     border = f"crop_border={dataset.crop_border}"
     print(f"dataset {dataset.name}: {len(dataset.samples)} images, {dataset.protocol} protocol "
           f"(x{args.scale}, {border}, PSNR/SSIM on Y)")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     grid = [g.strip() for g in args.grid.split(",")] if args.grid else []
     unknown = sorted(set(grid) - {s.name for s in dataset.samples})
     if unknown:
@@ -298,7 +300,7 @@ def cmd_eval(args) -> int:
                     tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
                     save = Path(args.save) / tag
                 rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
-                                     tile=args.tile, keep=tuple(grid)))
+                                     tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch))
     print(format_table(rows, verbose=args.verbose))
     if args.report:
         write_report(Path(args.report), rows, dataset, grid)

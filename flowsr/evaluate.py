@@ -25,6 +25,18 @@ class DataError(Exception):
     """A dataset folder that cannot be evaluated at all (missing, empty, mismatched)."""
 
 
+PER_IMAGE_METRICS = ("psnr", "ssim", "hf", "lpips", "lpips_vgg", "dists", "niqe")
+SET_METRICS = ("fid", "kid")  # over all patches of the set (see ``evaluate``)
+
+
+def check_metrics(metrics: list[str]) -> list[str]:
+    """Return ``metrics`` or raise ValueError naming the unknown ones."""
+    unknown = [m for m in metrics if m not in PER_IMAGE_METRICS + SET_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(PER_IMAGE_METRICS + SET_METRICS)}")
+    return metrics
+
+
 @dataclass
 class Sample:
     name: str
@@ -133,13 +145,19 @@ def score(sr: np.ndarray, gt: np.ndarray, crop_border: int, metrics: list[str], 
 
 
 def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: list[str],
-             seed: int = 0, save: Path | None = None, tile: int = 0, keep: tuple[str, ...] = ()) -> dict:
+             seed: int = 0, save: Path | None = None, tile: int = 0, keep: tuple[str, ...] = (),
+             fid_patch: int = 64) -> dict:
     """Run one model configuration over a dataset; returns the JSON-ready result row.
 
+    Per-image metrics are averaged over images. ``fid``/``kid`` are set metrics: computed once between
+    all non-overlapping ``fid_patch``-pixel crops of the outputs and of the ground truths (after the
+    border crop), as SR papers do for small test sets; the row's ``fid_patches`` gives their number.
     Outputs of the images named in ``keep`` are returned under ``"images"`` (uint8 HWC; not JSON).
     """
     resolved = upscaler.resolve(settings)
-    per_image, seconds, kept = [], 0.0, {}
+    check_metrics(metrics)
+    set_level = [m for m in metrics if m in SET_METRICS]
+    per_image, seconds, kept, outputs = [], 0.0, {}, []
     for sample in dataset.samples:
         lq = torch.from_numpy(sample.lq).permute(2, 0, 1)[None].float() / 255
         if upscaler.device.type == "cuda":
@@ -154,11 +172,23 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
             raise DataError(f"{sample.name}: output {sr_uint8.shape} does not match HR {sample.gt.shape}")
         per_image.append({"name": sample.name,
                           **score(sr_uint8, sample.gt, dataset.crop_border, metrics, upscaler.device)})
+        if set_level:
+            outputs.append(_border_cropped(sr_uint8, sample.gt, dataset.crop_border))
         if sample.name in keep:
             kept[sample.name] = sr_uint8
         if save is not None:
             write_image(Path(save) / f"{Path(sample.name).stem}.png", sr[0].cpu())
     keys = [k for k in per_image[0] if k != "name"] if per_image else []
+    averages = {k: float(np.mean([row[k] for row in per_image])) for k in keys}
+    extra = {}
+    if set_level and outputs:
+        from flowsr.perceptual import fid_kid
+
+        values = fid_kid([o[0] for o in outputs], [o[1] for o in outputs], patch=fid_patch)
+        if values["n"] < 2:
+            raise DataError(f"{dataset.name}: fewer than 2 crops of {fid_patch} pixels for fid/kid")
+        averages.update({m: values[m] for m in set_level})
+        extra = {"fid_patch": fid_patch, "fid_patches": values["n"]}
     kind = upscaler.config.kind if upscaler.config else "bicubic"
     return {
         "model": upscaler.name,
@@ -172,13 +202,23 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
         "sampler": resolved.sampler,
         "nfe": upscaler.nfe(resolved),
         "n_images": len(per_image),
-        "metrics": {k: float(np.mean([row[k] for row in per_image])) for k in keys},
+        "metrics": averages,
+        **extra,
         "seconds_per_image": seconds / max(1, len(per_image)),
         "device": str(upscaler.device),
         "seed": seed,
         "per_image": per_image,
         **({"images": kept} if keep else {}),
     }
+
+
+def _border_cropped(sr: np.ndarray, gt: np.ndarray, border: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sr, gt) uint8 HWC -> (3, H, W) float tensors in [0, 1] without ``border`` pixels per side."""
+    def tensor(image):
+        image = image[border:image.shape[0] - border, border:image.shape[1] - border] if border else image
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+
+    return tensor(sr), tensor(gt)
 
 
 def format_table(rows: list[dict], verbose: bool = False) -> str:

@@ -5,6 +5,7 @@ whose package is missing is skipped with the pip command in its reason. NIQE's m
 """
 
 import csv
+import json
 import pickle
 from pathlib import Path
 
@@ -295,3 +296,24 @@ def test_weight_unpickler_refuses_code(tmp_path):
     ok = tmp_path / "ok.ckpt"
     ok.write_bytes(pickle.dumps({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}))
     assert P._load_numpy_pickle(ok)["w"].shape == (2, 3)
+
+
+@needs("fid", P._PIP_FID)
+@needs_data(DATA / "test" / "Set5")
+def test_eval_reports_patch_fid_kid_over_the_set(tmp_path, capsys):
+    from flowsr.cli import main
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for name in ("baby", "bird"):
+        Image.fromarray(load_uint8(DATA / "test" / "Set5" / "HR" / f"{name}.png")[:136, :136]).save(folder / f"{name}.png")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fid,kid",
+                 "--fid-patch", "32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # 136 - 2*4 border = 128: 4 x 4 crops of 32 pixels per image, 2 images
+    assert result["fid_patches"] == 32 and result["fid_patch"] == 32
+    assert result["metrics"]["fid"] > 1 and np.isfinite(result["metrics"]["kid"])
+    assert "fid" not in result["per_image"][0]
+    assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fidd"]) == 1
+    assert "unknown metric(s) ['fidd']" in capsys.readouterr().err
