@@ -306,7 +306,8 @@ def test_eval_reports_patch_fid_kid_over_the_set(tmp_path, capsys):
     folder = tmp_path / "hr"
     folder.mkdir()
     for name in ("baby", "bird"):
-        Image.fromarray(load_uint8(DATA / "test" / "Set5" / "HR" / f"{name}.png")[:136, :136]).save(folder / f"{name}.png")
+        crop = load_uint8(DATA / "test" / "Set5" / "HR" / f"{name}.png")[:136, :136]
+        Image.fromarray(crop).save(folder / f"{name}.png")
     out = tmp_path / "r.json"
     assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fid,kid",
                  "--fid-patch", "32", "--json", str(out)]) == 0
