@@ -34,8 +34,9 @@ def flops_per_pixel(upscaler: Upscaler, size: int) -> float:
         return 0.0
     side = 64
     x = torch.zeros(1, 3, side, side, device=upscaler.device)
+    net = getattr(upscaler.net, "_orig_mod", upscaler.net)  # count on the eager module, not a compiled one
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        upscaler.net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
+        net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
     return counter.get_total_flops() / side**2
 
 
@@ -55,7 +56,10 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> floa
 
 def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, batch: int = 1,
                     warmup: int = 2, repeat: int = 10) -> dict:
-    """Latency per image (median, p90) for ``batch`` LR images giving ``size``x``size`` outputs."""
+    """Latency per image (median, p90) for ``batch`` LR images giving ``size``x``size`` outputs.
+
+    The warm-up calls (not timed) also absorb ``torch.compile``'s compilation.
+    """
     device = upscaler.device
     lq = torch.rand(batch, 3, size // upscaler.scale, size // upscaler.scale)
     if device.type == "cuda":
@@ -78,6 +82,7 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
         "model": upscaler.name, "kind": upscaler.config.kind if upscaler.config else "bicubic",
         "steps": resolved.steps, "t": resolved.t, "nfe": nfe, "size": size, "batch": batch,
         "device": str(device), "dtype": str(upscaler.dtype).replace("torch.", ""),
+        "compile": getattr(upscaler, "compile_mode", "none"),
         "latency_ms_median": 1000 * latency, "latency_ms_p90": 1000 * times[int(0.9 * (len(times) - 1))],
         "megapixels_per_s": size * size / 1e6 / latency, "peak_memory_mb": _peak_memory_mb(device),
         "gflops_per_image": flops / 1e9, "achieved_tflops": flops / latency / 1e12,

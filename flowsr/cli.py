@@ -27,6 +27,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _words(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -110,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--size", type=_positive, default=512, help="output side in pixels")
     bn.add_argument("--batch", type=_positive, default=1)
     bn.add_argument("--repeat", type=_positive, default=10)
-    bn.add_argument("--compile", action="store_true", help="torch.compile the network")
+    bn.add_argument("--compile", type=_words, default=["none"], metavar="MODES",
+                    help="list of torch.compile modes to time, each in the same run: none (eager), default, "
+                    "reduce-overhead (CUDA graphs), max-autotune; e.g. none,default")
     bn.add_argument("--matmul", action="store_true", help="also measure the card's bf16 matmul rate")
     bn.add_argument("--train", default=None, metavar="PRESET",
                     help="instead: seconds per training step of every objective for this preset's network")
@@ -453,7 +459,6 @@ def _serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import torch
 
     from flowsr import bench
     from flowsr.pipeline import Settings, load, resolve_device
@@ -465,20 +470,20 @@ def cmd_bench(args) -> int:
         rows = []
         for spec in args.model:
             model = load(spec, device=args.device, dtype=args.dtype)
-            if args.compile and model.net is not None:
-                model.net = torch.compile(model.net)
             kind = model.config.kind if model.config else "bicubic"
             steps_list = args.steps if kind in ("flow", "meanflow") and args.steps else [None]
-            for steps in steps_list:
-                settings = Settings(steps=steps, t=args.t if kind in ("oftsr", "meanflow") else None)
-                rows.append(bench.bench_inference(model, settings, args.size, args.batch, repeat=args.repeat))
+            for mode in args.compile if model.net is not None else ["none"]:
+                model.compile(mode)
+                for steps in steps_list:
+                    settings = Settings(steps=steps, t=args.t if kind in ("oftsr", "meanflow") else None)
+                    rows.append(bench.bench_inference(model, settings, args.size, args.batch, repeat=args.repeat))
         device = resolve_device(args.device)
         if args.matmul and device.type == "cuda":
             peak = bench.matmul_tflops(device)
             for row in rows:
                 row["matmul_tflops"] = peak
                 row["fraction_of_matmul"] = row["achieved_tflops"] / peak
-        keys = ["model", "steps", "nfe", "size", "batch", "latency_ms_median", "latency_ms_p90",
+        keys = ["model", "compile", "steps", "nfe", "size", "batch", "latency_ms_median", "latency_ms_p90",
                 "megapixels_per_s", "peak_memory_mb", "gflops_per_image", "achieved_tflops"]
         if args.matmul and device.type == "cuda":
             keys.append("fraction_of_matmul")

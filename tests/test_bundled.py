@@ -57,3 +57,30 @@ def test_bench_inference_reports_latency_and_flops(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", "bicubic", "--size", "32", "--repeat", "2", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["rows"][0]["size"] == 32
+
+
+def test_compiled_network_gives_the_eager_output_and_bench_labels_rows(tmp_path, monkeypatch):
+    import torch
+
+    # dynamo's graph capture for real, code generation skipped (inductor needs minutes on 2 cores;
+    # `flowsr bench --compile none,default` measures it)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(module, backend="aot_eager"))
+
+    from flowsr.config import ModelConfig
+    from flowsr.nets import NetConfig, UNet
+    from flowsr.pipeline import Upscaler
+
+    torch.manual_seed(0)
+    cfg = NetConfig(channels=8, channel_mult=(1, 2), num_blocks=1, attention_levels=())
+    model = Upscaler(UNet(cfg), ModelConfig(kind="oftsr", scale=2, net=cfg), "tiny", device="cpu", dtype="fp32")
+    lq = torch.rand(1, 3, 12, 16)
+    eager = model.upscale_tensor(lq, Settings(t=0.5), seed=3)
+    compiled = model.compile("default").upscale_tensor(lq, Settings(t=0.5), seed=3)
+    assert model.compile_mode == "default" and model.net is not getattr(model.net, "_orig_mod", None) is not None
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    row = bench_inference(model, Settings(), size=24, repeat=2)
+    assert row["compile"] == "default" and row["gflops_per_image"] > 0
+    assert model.compile("none").compile_mode == "none" and not hasattr(model.net, "_orig_mod")
+    with pytest.raises(ValueError, match="compile mode"):
+        model.compile("fastest")
