@@ -437,8 +437,10 @@ def cmd_models(args) -> int:
         config = read_model_config(path)
         params = count_parameters(UNet(config.net))
         info = config.training
-        trained = (f"{info.get('steps', '?')} steps, batch {info.get('batch_size', '?')}, "
-                   f"{info.get('wall_seconds', '?')} s on {info.get('device', '?')}; data {info.get('data', '?')}")
+        steps, wall = info.get("steps_total", info.get("steps", "?")), info.get("wall_seconds_total",
+                                                                                info.get("wall_seconds", "?"))
+        trained = (f"{steps} steps, batch {info.get('batch_size', '?')}, {wall} s on {info.get('device', '?')}"
+                   f"{' (over several runs)' if 'steps_total' in info else ''}; data {info.get('data', '?')}")
         defaults = f"steps {config.default_steps}" + (f", t {config.default_t:g}" if config.kind in (
             "oftsr", "meanflow") else "")
         rows.append([name + (" (default)" if name == default else ""), config.kind, f"x{config.scale}",

@@ -191,12 +191,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     if cfg.objective in ("oftsr", "meanflow") and cfg.teacher:
         teacher, teacher_cfg = load_teacher(cfg.teacher, device)
         cfg.net, cfg.sigma_p, cfg.scale = copy.deepcopy(teacher_cfg.net), teacher_cfg.sigma_p, teacher_cfg.scale
-    init = None
+    init, before = None, {"steps": 0, "wall_seconds": 0.0}  # training the init model already had
     if cfg.init:
         init, init_cfg = load_trained(cfg.init, device)
         if init_cfg.scale != cfg.scale:
             raise ModelLoadError(f"init={cfg.init}: scale x{init_cfg.scale}, this run trains x{cfg.scale}")
         cfg.net = copy.deepcopy(init_cfg.net)
+        before = {k: init_cfg.training.get(f"{k}_total", init_cfg.training.get(k, 0)) for k in before}
     net = UNet(cfg.net)
     # weights: the init model's when given, else a student's teacher's
     if init is not None or teacher is not None:
@@ -256,6 +257,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
                     "crop": cfg.crop, "wall_seconds": round(wall, 1), "device": _device_name(device),
                     "teacher": cfg.teacher, "init": cfg.init, "degradation": cfg.degradation}
+        if cfg.init:  # totals over this run and the runs behind the init model
+            training.update(steps_total=before["steps"] + step,
+                            wall_seconds_total=round(before["wall_seconds"] + wall, 1))
         save_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer, step=step,
                                  meta={"wall_seconds": wall, "config": asdict(cfg)}, rng=rng)
         save_model_dir(out, ema, model_config(cfg, training))

@@ -112,7 +112,7 @@ def test_init_starts_from_a_trained_model(image_folder, tmp_path):
     expected, got = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.allclose(got[k], expected[k], rtol=0, atol=1e-6) for k in expected)
     _, config = load_model_dir(out)
-    assert config.training["init"] == str(base)
+    assert config.training["init"] == str(base) and config.training["steps_total"] == 3 + 1
     # and training moves on from there
     moved = train(tiny_config(image_folder, "max_steps=2", f"init={base}"), tmp_path / "moved")
     moved = load_file(str(moved / "model.safetensors"))
