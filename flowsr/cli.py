@@ -323,7 +323,7 @@ def cmd_eval(args) -> int:
 
 
 def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) -> None:
-    """results.md (+ tradeoff.png with LPIPS, + grid_<image>.png) for an evaluation sweep."""
+    """results.md (+ tradeoff.png with LPIPS, knob.png for a t sweep, grid_<image>.png) for a sweep."""
     from flowsr import report
     from flowsr.ops import imresize
 
@@ -335,6 +335,9 @@ def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) ->
         if any("lpips" in r["metrics"] for r in rows):
             report.tradeoff_plot(rows, directory / "tradeoff.png", title)
             written.append("tradeoff.png")
+        if len({r["t"] for r in rows if r.get("t") is not None and r["steps"] == 1}) > 1:
+            report.knob_plot(rows, directory / "knob.png", title)
+            written.append("knob.png")
         for name in grid:
             sample = next(s for s in dataset.samples if s.name == name)
             up = imresize(sample.lq, size=sample.gt.shape[:2])

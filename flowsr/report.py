@@ -74,6 +74,39 @@ def tradeoff_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def knob_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """A one-step student's knob: PSNR-Y (left axis) and the realism metrics present (HF ratio, LPIPS,
+    DISTS; right axis) against t, one line per model swept over more than one t."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = [m for m in dict.fromkeys(r["model"] for r in rows)
+             if len({r["t"] for r in rows if r["model"] == m and r.get("t") is not None and r["steps"] == 1}) > 1]
+    fig, left = plt.subplots(figsize=(7, 4.5), dpi=110)
+    right = left.twinx()
+    for model in swept:
+        points = sorted((r for r in rows if r["model"] == model and r["steps"] == 1 and r.get("t") is not None),
+                        key=lambda r: r["t"])
+        ts = [r["t"] for r in points]
+        left.plot(ts, [r["metrics"]["psnr_y"] for r in points], "o-", color="k", label=f"{model}: PSNR-Y")
+        for key, name, style in (("hf_ratio", "HF ratio ↑", "s--"), ("lpips", "LPIPS ↓", "^:"),
+                                 ("dists", "DISTS ↓", "v:")):
+            if all(key in r["metrics"] for r in points):
+                right.plot(ts, [r["metrics"][key] for r in points], style, label=f"{model}: {name}")
+    left.set_xlabel("t (0 = fidelity end, 1 = realism end), 1 NFE")
+    left.set_ylabel("PSNR-Y (dB)")
+    right.set_ylabel("HF ratio / LPIPS / DISTS")
+    handles = [h for ax in (left, right) for h in ax.get_legend_handles_labels()[0]]
+    left.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="center left")
+    left.grid(alpha=0.3)
+    left.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def comparison_grid(panels: list[tuple[str, np.ndarray]], path: str | Path, box: tuple[int, int, int],
                     zoom: int = 3) -> None:
     """Zoomed crops side by side: ``panels`` = [(title, HWC uint8 image at HR size)], ``box`` = (top, left, size).

@@ -46,6 +46,9 @@ def test_report_table_plot_and_grid(tmp_path, image_folder):
     assert report.label(row) == "m, t=0.5"
     report.tradeoff_plot([row, {**row, "t": 1.0, "metrics": {"psnr_y": 28.0, "lpips": 0.1}}], out / "p.png")
     assert (out / "p.png").stat().st_size > 0
+    sweep = [{**row, "t": t, "metrics": {"psnr_y": 30 - t, "hf_ratio": t}} for t in (0.0, 0.5, 1.0)]
+    report.knob_plot(sweep, out / "k.png")
+    assert (out / "k.png").stat().st_size > 0
     assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--grid", "nope.png"]) == 1
 
 
