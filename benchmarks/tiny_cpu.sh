@@ -34,6 +34,6 @@ flowsr eval --model bicubic $RUNS/tiny-teacher $RUNS/tiny-teacher-real --steps 1
 
 log "speed"
 flowsr bench --model bicubic $RUNS/tiny-teacher $RUNS/tiny-oftsr $RUNS/tiny-meanflow --steps 1,4,16 --size 256 \
-  --repeat 5 --json $RUNS/cpu/bench-tiny.json
+  --repeat 5 --device cpu --compile none,default --json $RUNS/cpu/bench-tiny.json
 flowsr bench --train tiny-teacher --json $RUNS/cpu/bench-train-tiny.json
 python3 benchmarks/report_results.py $RUNS/cpu docs/cpu
