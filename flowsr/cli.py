@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
     up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
                     "over Pillow's decompression-bomb limit)")
+    up.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile the network (worth it for many images of one size, or tiled ones)")
     _add_runtime(up)
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
@@ -236,6 +238,7 @@ def cmd_upscale(args) -> int:
             from flowsr.checkpoint import ModelLoadError
 
             raise ModelLoadError(f"{args.model}: cannot build the model ({' '.join(str(error).split())})") from None
+        model.compile(args.compile)
         settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler,
                             color_fix=args.color_fix)
         model.resolve(settings)

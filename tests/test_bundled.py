@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -67,8 +68,13 @@ def test_compiled_network_gives_the_eager_output_and_bench_labels_rows(tmp_path,
 
     # dynamo's graph capture for real, code generation skipped (inductor needs minutes on 2 cores;
     # `flowsr bench --compile none,default` measures it)
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(module, backend="aot_eager"))
+    real_compile, modes = torch.compile, []
+
+    def capture_only(module, mode=None):
+        modes.append(mode)
+        return real_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", capture_only)
 
     from flowsr.config import ModelConfig
     from flowsr.nets import NetConfig, UNet
@@ -87,3 +93,18 @@ def test_compiled_network_gives_the_eager_output_and_bench_labels_rows(tmp_path,
     assert model.compile("none").compile_mode == "none" and not hasattr(model.net, "_orig_mod")
     with pytest.raises(ValueError, match="compile mode"):
         model.compile("fastest")
+    # the CLI flag reaches the model: the output equals the eager one
+    from PIL import Image
+
+    Image.fromarray((lq[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "a.png")
+    net_dir = tmp_path / "m"
+    from flowsr.checkpoint import save_model_dir
+
+    save_model_dir(net_dir, model.net, model.config)
+    calls = len(modes)
+    for mode in ("none", "reduce-overhead"):
+        assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / mode), "--model", str(net_dir),
+                     "--compile", mode]) == 0
+    assert modes[calls:] == ["reduce-overhead"]
+    same = [Image.open(tmp_path / mode / "a.png") for mode in ("none", "reduce-overhead")]
+    assert abs(torch.tensor(np.array(same[0]), dtype=torch.int16) - torch.tensor(np.array(same[1]))).max() <= 1
