@@ -429,4 +429,5 @@ def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto
     net, config = load_model_dir(path)
     if scale is not None and scale != config.scale:
         raise ModelLoadError(f"{path}: model is trained for x{config.scale}, not x{scale}")
-    return Upscaler(net, config, config.name or path.name, device=device, dtype=dtype)
+    # labelled by the directory the user named (two runs of one preset stay apart in a sweep)
+    return Upscaler(net, config, path.resolve().name or config.name, device=device, dtype=dtype)
