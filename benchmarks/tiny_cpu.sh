@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU figures of the README in one command: tiny teacher, regression, OFTSR and MeanFlow students,
 # a tiny real-world teacher, their Set5 / RealSR evaluations and speed, all on this machine.
-#   bash benchmarks/tiny_cpu.sh            (about 90 minutes on 2 cores)
+#   bash benchmarks/tiny_cpu.sh            (73 minutes of training time limits, then the evaluations:
+#                                           the RealSR one alone took an hour on one thread here)
 set -u
 RUNS=${RUNS:-runs}
 TEACHER_S=${TEACHER_S:-590}   # "trains on a CPU in under 10 minutes"

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
     up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
                     "over Pillow's decompression-bomb limit)")
-    up.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
-                    help="torch.compile the network (worth it for many images of one size, or tiled ones)")
+    up.add_argument("--compile", default="none", metavar="MODE", help="torch.compile the network: none, default, "
+                    "reduce-overhead (CUDA graphs), max-autotune (worth it for many images of one size, or tiled ones)")
     _add_runtime(up)
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
@@ -338,7 +338,7 @@ def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) ->
         if any("lpips" in r["metrics"] for r in rows):
             report.tradeoff_plot(rows, directory / "tradeoff.png", title)
             written.append("tradeoff.png")
-        if len({r["t"] for r in rows if r.get("t") is not None and r["steps"] == 1}) > 1:
+        if report.knob_sweeps(rows):
             report.knob_plot(rows, directory / "knob.png", title)
             written.append("knob.png")
         for name in grid:
@@ -467,7 +467,6 @@ def _serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-
     from flowsr import bench
     from flowsr.pipeline import Settings, load, resolve_device
 

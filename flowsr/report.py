@@ -74,6 +74,17 @@ def tradeoff_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def knob_sweeps(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per model, its one-step rows sorted by t, for models swept over two or more values of t."""
+    sweeps = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((r for r in rows if r["model"] == model and r["steps"] == 1 and r.get("t") is not None),
+                        key=lambda r: r["t"])
+        if len(points) > 1:
+            sweeps[model] = points
+    return sweeps
+
+
 def knob_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
     """A one-step student's knob: PSNR-Y (left axis) and the realism metrics present (HF ratio, LPIPS,
     DISTS; right axis) against t, one line per model swept over more than one t."""
@@ -82,13 +93,9 @@ def knob_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    swept = [m for m in dict.fromkeys(r["model"] for r in rows)
-             if len({r["t"] for r in rows if r["model"] == m and r.get("t") is not None and r["steps"] == 1}) > 1]
     fig, left = plt.subplots(figsize=(7, 4.5), dpi=110)
     right = left.twinx()
-    for model in swept:
-        points = sorted((r for r in rows if r["model"] == model and r["steps"] == 1 and r.get("t") is not None),
-                        key=lambda r: r["t"])
+    for model, points in knob_sweeps(rows).items():
         ts = [r["t"] for r in points]
         left.plot(ts, [r["metrics"]["psnr_y"] for r in points], "o-", color="k", label=f"{model}: PSNR-Y")
         for key, name, style in (("hf_ratio", "HF ratio ↑", "s--"), ("lpips", "LPIPS ↓", "^:"),

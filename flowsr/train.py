@@ -341,15 +341,21 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (a killed run may have left some)."""
     if not path.exists():
         return
-    kept = []
+    kept = [line for line, row in _log_rows(path) if row.get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _log_rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) of each complete JSON row of a log; a blank or half-written line (a killed run) is skipped."""
+    rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # blank, or half-written when the run was killed
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+            continue
+        if isinstance(row, dict):
+            rows.append((line, row))
+    return rows
 
 
 def _tensorboard(out: Path):
@@ -362,5 +368,4 @@ def _tensorboard(out: Path):
 
 def read_log(out: str | Path) -> list[dict]:
     """Rows of ``log.jsonl`` (training rows and validation rows)."""
-    path = Path(out) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in _log_rows(Path(out) / "log.jsonl")]

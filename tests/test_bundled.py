@@ -48,6 +48,7 @@ def test_report_table_plot_and_grid(tmp_path, image_folder):
     report.tradeoff_plot([row, {**row, "t": 1.0, "metrics": {"psnr_y": 28.0, "lpips": 0.1}}], out / "p.png")
     assert (out / "p.png").stat().st_size > 0
     sweep = [{**row, "t": t, "metrics": {"psnr_y": 30 - t, "hf_ratio": t}} for t in (0.0, 0.5, 1.0)]
+    assert list(report.knob_sweeps(sweep + [{**row, "model": "other"}])) == ["m"]  # one t is no sweep
     report.knob_plot(sweep, out / "k.png")
     assert (out / "k.png").stat().st_size > 0
     assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--grid", "nope.png"]) == 1
@@ -106,5 +107,7 @@ def test_compiled_network_gives_the_eager_output_and_bench_labels_rows(tmp_path,
         assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / mode), "--model", str(net_dir),
                      "--compile", mode]) == 0
     assert modes[calls:] == ["reduce-overhead"]
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "bad"), "--model", str(net_dir),
+                 "--compile", "fastest"]) == 1 and not (tmp_path / "bad" / "a.png").exists()
     same = [Image.open(tmp_path / mode / "a.png") for mode in ("none", "reduce-overhead")]
     assert abs(torch.tensor(np.array(same[0]), dtype=torch.int16) - torch.tensor(np.array(same[1]))).max() <= 1
