@@ -4,7 +4,7 @@
 
 FILES_AT holds NAME.safetensors (bf16 weights) and results.tar.gz (whose runs/NAME/config.json is each
 model's config). Writes DEST/NAME/{model.safetensors, config.json}; the config records the bf16 storage,
-the command and the training images actually carried (.gpudata/train.txt). With --ship, teacher-x4,
+the command and the training images actually carried (.gpudata/train.txt). With --ship, teacher-x4, regression-x4,
 oftsr-x4 and meanflow-x4 are also copied into flowsr/weights/ (the wheel's bundled models).
 """
 
@@ -16,7 +16,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-SHIPPED = ("teacher-x4", "oftsr-x4", "meanflow-x4")
+SHIPPED = ("teacher-x4", "regression-x4", "oftsr-x4", "meanflow-x4")
 
 
 def main() -> None:

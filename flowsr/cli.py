@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save", default=None, help="write super-resolved images under this folder")
     ev.add_argument("--report", default=None, help="write results.md, tradeoff.png (and grids) here")
     ev.add_argument("--grid", default=None, help="comma-separated image names for comparison grids")
+    ev.add_argument("--reference", default=None, metavar="MODEL", help="also score every output against this "
+                    "flow teacher's N-step Euler output from the same source noise: ref_psnr_y, ref_lpips "
+                    "(how well a student copied its teacher)")
+    ev.add_argument("--reference-steps", type=_positive, default=32, metavar="N", help="Euler steps of the "
+                    "reference (default 32)")
+    ev.add_argument("--reference-guidance", type=float, default=None, metavar="W", help="guidance of the "
+                    "reference (default: the one each student was distilled with, else 1)")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
     _add_runtime(ev)
 
@@ -290,6 +297,16 @@ def cmd_eval(args) -> int:
     unknown = sorted(set(grid) - {s.name for s in dataset.samples})
     if unknown:
         raise ValueError(f"--grid: {unknown} not in {args.data}")
+    reference = None
+    if args.reference:
+        from flowsr.evaluate import Reference
+
+        from flowsr.perceptual import _PIP_LPIPS, available_metrics
+
+        reference = Reference(load(args.reference, device=args.device, dtype=args.dtype, scale=args.scale),
+                              steps=args.reference_steps, guidance=args.reference_guidance)
+        if "lpips_alex" not in available_metrics():
+            print(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
     rows = []
     for spec in args.model:
         model = load(spec, device=args.device, dtype=args.dtype, scale=args.scale)
@@ -309,7 +326,8 @@ def cmd_eval(args) -> int:
                     tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
                     save = Path(args.save) / tag
                 rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
-                                     tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch))
+                                     tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
+                                     reference=reference))
     print(format_table(rows, verbose=args.verbose))
     if args.report:
         write_report(Path(args.report), rows, dataset, grid)

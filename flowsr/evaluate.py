@@ -144,18 +144,65 @@ def score(sr: np.ndarray, gt: np.ndarray, crop_border: int, metrics: list[str], 
     return row
 
 
+@dataclass
+class Reference:
+    """A teacher whose N-step Euler output, from the same source noise as the evaluated model, every
+    output is also scored against (``ref_psnr_y``, ``ref_lpips``): how well a student copied it.
+
+    ``guidance=None`` takes, per evaluated model, the guidance it was distilled with
+    (``config.training["teacher_guidance"]``, 1 when absent). Outputs are cached per image, seed and
+    guidance, so a sweep computes each reference image once.
+    """
+
+    upscaler: Upscaler
+    steps: int = 32
+    guidance: float | None = None
+    cache: dict = field(default_factory=dict)
+
+    def guidance_for(self, model: Upscaler) -> float:
+        if self.guidance is not None:
+            return self.guidance
+        training = model.config.training if model.config else {}
+        return float(training.get("teacher_guidance", 1.0))
+
+    def check(self, model: Upscaler) -> None:
+        """Raise ValueError unless the reference is a flow teacher sharing ``model``'s scale and source."""
+        ref = self.upscaler
+        if ref.config is None or ref.config.kind != "flow":
+            raise ValueError(f"--reference {ref.name}: must be a flow teacher (its N-step Euler output is the reference)")
+        if ref.scale != model.scale:
+            raise ValueError(f"--reference {ref.name} is x{ref.scale}, {model.name} is x{model.scale}")
+        if model.config is not None and model.config.kind != "regression" and model.config.sigma_p != ref.config.sigma_p:
+            raise ValueError(f"--reference {ref.name}: sigma_p {ref.config.sigma_p} differs from {model.name}'s "
+                             f"{model.config.sigma_p}, so their source noise differs")
+
+    def output(self, lq: torch.Tensor, name: str, seed: int, guidance: float, tile: int) -> np.ndarray:
+        """The reference output (uint8 HWC) for one image, from the evaluated row's per-image seed."""
+        key = (name, seed, guidance)
+        if key not in self.cache:
+            settings = Settings(steps=self.steps, guidance=guidance, sampler="euler")
+            sr = self.upscaler.upscale_tensor(lq, settings, seed=image_seed(seed, name), tile=tile)
+            self.cache[key] = uint8_hwc(sr[0])
+        return self.cache[key]
+
+
 def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: list[str],
              seed: int = 0, save: Path | None = None, tile: int = 0, keep: tuple[str, ...] = (),
-             fid_patch: int = 64) -> dict:
+             fid_patch: int = 64, reference: Reference | None = None) -> dict:
     """Run one model configuration over a dataset; returns the JSON-ready result row.
 
     Per-image metrics are averaged over images. ``fid``/``kid`` are set metrics: computed once between
     all non-overlapping ``fid_patch``-pixel crops of the outputs and of the ground truths (after the
     border crop), as SR papers do for small test sets; the row's ``fid_patches`` gives their number.
+    With a ``reference``, each output is also scored against the reference teacher's output from the
+    same source noise: ``ref_psnr_y`` (crop as the protocol) and ``ref_lpips``.
     Outputs of the images named in ``keep`` are returned under ``"images"`` (uint8 HWC; not JSON).
     """
     resolved = upscaler.resolve(settings)
     check_metrics(metrics)
+    if reference is not None:
+        reference.check(upscaler)
+        ref_guidance = reference.guidance_for(upscaler)
     set_level = [m for m in metrics if m in SET_METRICS]
     per_image, seconds, kept, outputs = [], 0.0, {}, []
     for sample in dataset.samples:
@@ -170,8 +217,11 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
         sr_uint8 = uint8_hwc(sr[0])
         if sr_uint8.shape != sample.gt.shape:
             raise DataError(f"{sample.name}: output {sr_uint8.shape} does not match HR {sample.gt.shape}")
-        per_image.append({"name": sample.name,
-                          **score(sr_uint8, sample.gt, dataset.crop_border, metrics, upscaler.device)})
+        row = {"name": sample.name, **score(sr_uint8, sample.gt, dataset.crop_border, metrics, upscaler.device)}
+        if reference is not None:
+            ref = reference.output(lq, sample.name, seed, ref_guidance, tile)
+            row.update(_against_reference(sr_uint8, ref, dataset.crop_border, upscaler.device))
+        per_image.append(row)
         if set_level:
             outputs.append(_border_cropped(sr_uint8, sample.gt, dataset.crop_border))
         if sample.name in keep:
@@ -208,8 +258,25 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
         "device": str(upscaler.device),
         "seed": seed,
         "per_image": per_image,
+        **({"reference": {"model": reference.upscaler.name, "steps": reference.steps, "guidance": ref_guidance}}
+           if reference is not None else {}),
         **({"images": kept} if keep else {}),
     }
+
+
+def _against_reference(sr: np.ndarray, ref: np.ndarray, crop_border: int, device) -> dict:
+    """``ref_psnr_y`` and (when LPIPS weights are installed) ``ref_lpips`` of an output against the
+    reference output (uint8 HWC both)."""
+    from flowsr import perceptual as P
+    from flowsr.metrics import psnr
+
+    row = {"ref_psnr_y": psnr(sr, ref, crop_border=crop_border)}
+    if "lpips_alex" in P.available_metrics():
+        def tensor(image):
+            return torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+
+        row["ref_lpips"] = float(P.lpips(tensor(sr), tensor(ref), net="alex"))
+    return row
 
 
 def _border_cropped(sr: np.ndarray, gt: np.ndarray, border: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,10 @@ class NetConfig:
     # removed by construction (fast to train); "velocity": it returns v directly
     linear_skip: bool = False  # a zero-initialised 1x1 conv from the (unshuffled) input to the output:
     # lets a narrow, patchified network pass per-pixel information (the source noise) straight through
+    time_scale: float = 1000.0  # t and h are embedded as sin/cos of time_scale * t. 1000 (DDPM's) makes
+    # d(emb)/dt ~ 1000: a MeanFlow JVP then differentiates embedding wiggle; 1 (raw t and h, as
+    # py-meanflow) keeps du/dt of the order of the velocity. 1000 is the default only so that models
+    # saved before this field existed load unchanged; every preset sets 1.
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -67,6 +71,8 @@ class NetConfig:
             raise ValueError(f"norm must be 'channel' or 'group', not {self.norm!r}")
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1, got {self.patch}")
+        if not (math.isfinite(self.time_scale) and 0 < self.time_scale <= 1e4):
+            raise ValueError(f"time_scale must be in (0, 1e4], got {self.time_scale}")
         bad = [a for a in self.attention_levels if not 0 <= a < len(self.channel_mult)]
         if bad:
             raise ValueError(f"attention_levels {bad} out of range for {len(self.channel_mult)} levels")
@@ -77,11 +83,15 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal features of ``1000 * t``: ``(B,)`` -> ``(B, dim)`` as ``[cos, sin]``."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
+    """Sinusoidal features of ``scale * t``: ``(B,)`` -> ``(B, dim)`` as ``[cos, sin]``.
+
+    Frequencies ``max_period ** (-k / (dim // 2))`` lie in ``(1 / max_period, 1]``, so
+    ``|d emb / dt| <= scale``.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
-    args = (1000.0 * t)[:, None] * freqs[None, :]
+    args = (scale * t)[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)
@@ -208,7 +218,7 @@ class UNet(nn.Module):
     """Velocity network ``(x, t, cond, h) -> v``.
 
     The stem sees ``cat([x, cond])`` (``2 * image_channels`` channels). The embedding is
-    ``time_mlp(sin(1000 t)) + interval_mlp(sin(1000 h))``; ``interval_mlp`` ends in a zero-initialised
+    ``time_mlp(sin(k t)) + interval_mlp(sin(k h))`` (k = ``time_scale``); ``interval_mlp`` ends in a zero-initialised
     linear layer and is always present, so teachers and students share one ``state_dict`` layout.
     """
 
@@ -269,7 +279,7 @@ class UNet(nn.Module):
     def _as_batch(self, v: Tensor | float, batch: int, ref: Tensor) -> Tensor:
         """Scalar or ``(B,)`` time-like value -> ``(B,)`` tensor in float32 (float64 for float64 nets)."""
         v = torch.as_tensor(v, device=ref.device)
-        if v.dtype != torch.float64:  # half precision would ruin sin(1000 t)
+        if v.dtype != torch.float64:  # half precision would ruin sin(time_scale * t)
             v = v.to(torch.float64 if ref.dtype == torch.float64 else torch.float32)
         if v.numel() == 1:
             return v.reshape(()).expand(batch)
@@ -278,7 +288,7 @@ class UNet(nn.Module):
         return v
 
     def _embed(self, mlp: nn.Sequential, v: Tensor) -> Tensor:
-        feats = timestep_embedding(v, self.cfg.channels)
+        feats = timestep_embedding(v, self.cfg.channels, scale=self.cfg.time_scale)
         return mlp(feats.to(mlp[0].weight.dtype))
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor, h: Tensor | float | None = None) -> Tensor:

@@ -47,11 +47,15 @@ def _sample_t(kind: str, like: Tensor) -> Tensor:
         return sample_t_logit_normal(like.shape[0], device=like.device, dtype=like.dtype)
     if kind == "uniform":
         return sample_t_uniform(like.shape[0], device=like.device, dtype=like.dtype)
-    raise ValueError(f"unknown time sampler {kind!r}; use 'logit_normal' or 'uniform'")
+    if kind == "mix":  # half the rows of each, so t ~ 0 is trained and mid-range t gets more rows
+        t = torch.cat([sample_t_uniform(like.shape[0], device=like.device, dtype=like.dtype),
+                       sample_t_logit_normal(like.shape[0], device=like.device, dtype=like.dtype)])
+        return torch.where(torch.rand(like.shape[0], device=like.device) < 0.5, *t.chunk(2))
+    raise ValueError(f"unknown time sampler {kind!r}; use 'uniform', 'logit_normal' or 'mix'")
 
 
 def flow_matching_loss(net: Callable, batch: dict, *, sigma_p: float = 0.2, p_drop: float = 0.1,
-                       loss: str = "l2", time_sampler: str = "logit_normal", weighting: str = "none"):
+                       loss: str = "l2", time_sampler: str = "uniform", weighting: str = "none"):
     """Conditional flow matching (Lipman et al. 2023, arXiv 2210.02747) from the noisy LR source.
 
     ``x0 = source(cond)``, ``x_t = (1-t) x0 + t x1``, ``L = E |v(x_t, t, c) - (x1 - x0)|^p``, p = 2
@@ -160,50 +164,93 @@ def dudt(module: Callable, x: Tensor, t: Tensor, s: Tensor, cond: Tensor, v: Ten
         return fwAD.unpack_dual(out).tangent.to(x.dtype)
 
 
+# The (t, s) pairs the samplers evaluate (flowsr.samplers.mean_flow on time_grid(k)), by step count k,
+# with the share of the grid rows each step count gets.
+SAMPLER_PAIRS = {1: ((0.0, 1.0),), 2: ((0.0, 0.5), (0.5, 1.0)),
+                 4: ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))}
+_GRID_SHARE = {1: 1 / 3, 2: 1 / 3, 4: 1 / 3}
+
+
+def _stochastic_round(x: float) -> int:
+    return int(math.floor(x + torch.rand(()).item()))
+
+
+def meanflow_times(b: int, p_equal: float, p_grid: float, device=None, dtype=torch.float32):
+    """Per-row times ``(t, s, n)`` with ``t <= s`` for the MeanFlow loss.
+
+    The first ``n`` rows (``(1 - p_equal) b``, stochastically rounded) have ``s != t``: a share ``p_grid``
+    of them sit exactly on the pairs the 1-, 2- and 4-step samplers use (``SAMPLER_PAIRS``, a third of
+    those rows per step count; MFSR trains its sampler's steps, as shortcut models do, Frans et al. 2024),
+    the others are two sorted U[0, 1) draws. The remaining rows have ``s = t ~ U[0, 1)`` (flow matching).
+    """
+    n = min(b, _stochastic_round((1.0 - p_equal) * b))
+    n_grid = min(n, _stochastic_round(p_grid * n))
+    pairs = [pair for k, group in SAMPLER_PAIRS.items() for pair in group]
+    weights = torch.tensor([_GRID_SHARE[k] / len(group) for k, group in SAMPLER_PAIRS.items() for _ in group])
+    picks = torch.multinomial(weights, n_grid, replacement=True) if n_grid else torch.zeros(0, dtype=torch.long)
+    chosen = torch.tensor(pairs, dtype=dtype)[picks]
+    random_pairs = torch.rand(n - n_grid, 2, dtype=dtype).sort(dim=1).values
+    t_equal = torch.rand(b - n, dtype=dtype)
+    t = torch.cat([chosen[:, 0], random_pairs[:, 0], t_equal])
+    s = torch.cat([chosen[:, 1], random_pairs[:, 1], t_equal])
+    return t.to(device), s.to(device), n
+
+
+def near_sampler_pairs(t: Tensor, s: Tensor, tol: float = 0.05) -> dict[str, Tensor]:
+    """Share of rows within ``tol`` (in both t and s) of a k-step sampler pair, as ``near_{k}step``."""
+    shares = {}
+    for k, group in SAMPLER_PAIRS.items():
+        near = torch.zeros_like(t, dtype=torch.bool)
+        for a, c in group:
+            near |= ((t - a).abs() <= tol) & ((s - c).abs() <= tol)
+        shares[f"near_{k}step"] = near.float().mean()
+    return shares
+
+
 def meanflow_loss(net: Callable, batch: dict, *, teacher: Callable | None = None,
                   guidance: float = 1.0, target: str = "teacher", omega: float = 1.0,
-                  kappa: float = 0.0, sigma_p: float = 0.2, p_equal: float = 0.75,
-                  time_mean: float = 0.4, time_std: float = 1.0, adaptive_p: float = 1.0,
-                  adaptive_c: float = 1e-3, p_drop: float = 0.1,
-                  jvp_dtype: torch.dtype = torch.float32):
+                  kappa: float = 0.0, sigma_p: float = 0.2, p_equal: float = 0.4, p_grid: float = 0.5,
+                  student_states: float = 0.0, adaptive_p: float = 1.0, adaptive_c: float = 1e-3,
+                  p_drop: float = 0.1, jvp_dtype: torch.dtype = torch.float32):
     """MeanFlow loss in our direction s >= t (MeanFlow, arXiv 2505.13447; MFSR, arXiv 2603.20690).
 
     Identity (MeanFlow Eq. 6, reversed time): ``u(x_t, t, s) = v(x_t, t) + (s - t) d/dt u(x_t, t, s)``
     with ``d/dt u = v . d_x u + d_t u`` at fixed s (see ``dudt``). Loss (Eqs. 9-10 with MeanFlow's adaptive
-    loss weighting): ``err = mean_pixels |u_theta(x_t, t, s) - sg(v + (s - t) du/dt)|^2``,
-    ``L = mean(err / sg(err + c)^p)``.
+    weighting, Sec. 4.3): per row ``e = sum_pixels |u_theta(x_t, t, s) - sg(v + (s - t) du/dt)|^2``,
+    ``L = mean(e / sg(e + c)^p)``.
 
     Velocity ``v`` at ``x_t = (1-t) x0 + t x1``, ``x0 = source(cond)``:
 
     * ``target="teacher"`` (MFSR distillation): ``v = v_T(x_t,t,0) + w (v_T(x_t,t,c) - v_T(x_t,t,0))``
       from the frozen teacher (w = ``guidance``; w=1 one call). The student always sees the true
-      condition (guidance is baked in); ``p_drop``, ``omega``, ``kappa`` are unused.
+      condition (guidance is baked in); ``p_drop``, ``omega``, ``kappa`` are unused. With w != 1 the
+      guided ODE leaves the interpolation path: ``student_states`` is the share of rows whose state is
+      instead the student's own one-step state ``x0 + t sg(u_theta(x0, 0, t))``, the state its sampler
+      visits at t (exact for an exact student).
     * ``target="conditional"`` (MeanFlow from scratch): ``v = x1 - x0``, mixed with the student's
       own guidance (MeanFlow Sec. 4.2 and its improved-CFG appendix):
       ``v~ = omega (x1 - x0) + kappa u_theta(x_t,t,t|c) + (1 - omega - kappa) u_theta(x_t,t,t|0)``
       (sg; effective guidance scale ``omega / (1 - kappa)``); the student's condition is dropped
       with probability ``p_drop`` and dropped rows use ``v = x1 - x0`` unmixed.
 
-    Times: two logit-normal(time_mean, time_std) draws sorted so ``s >= t`` (MeanFlow's lognorm(-0.4, 1)
-    favours its data end t=0; data is our t=1, hence +0.4 here); a fraction ``p_equal``
-    of rows get ``s = t`` (their target is ``v`` exactly, plain flow matching). The count of
-    ``s != t`` rows is ``(1 - p_equal) B`` stochastically rounded, placed first in the batch, so the
-    JVP runs on those rows only, with static shapes and no device sync.
-    The JVP and the mixing/teacher calls run without autograd on ``getattr(net, "module", net)``;
-    the prediction is one ordinary forward through ``net`` (DDP gradient sync).
+    Times from :func:`meanflow_times` (``p_equal``, ``p_grid``): the ``s != t`` rows come first, so the
+    JVP runs on those rows only, with static shapes. The JVP and the mixing/teacher calls run without
+    autograd on ``getattr(net, "module", net)``; the prediction is one ordinary forward through ``net``
+    (DDP gradient sync). Logs include the share of rows near each sampler's pairs (``near_{k}step``).
     """
     x1, cond = batch["gt"], batch["cond"]
     b = x1.shape[0]
     module = getattr(net, "module", net)
-    # times t <= s; the first n rows keep s != t, the others get s = t
-    ts = sample_t_logit_normal(2 * b, time_mean, time_std, device=x1.device, dtype=x1.dtype)
-    t, s = ts.view(b, 2).sort(dim=1).values.unbind(1)
-    n = min(b, int(math.floor((1.0 - p_equal) * b + torch.rand(()).item())))
-    s = torch.cat([s[:n], t[n:]])
-    # point on the path
+    t, s, n = meanflow_times(b, p_equal, p_grid, device=x1.device, dtype=x1.dtype)
+    # point on the path (or, for a share of rows, the student's own state at t)
     x0 = source(cond, sigma_p)
     x_t = interpolate(x0, x1, t)
     with torch.no_grad():
+        m = _stochastic_round(student_states * b) if target == "teacher" else 0
+        if m > 0:
+            rows = torch.randperm(b, device=x1.device)[:m]
+            u_0t = module(x0[rows], torch.zeros_like(t[rows]), cond[rows], h=t[rows]).to(x1.dtype)
+            x_t = x_t.index_copy(0, rows, x0[rows] + expand_t(t[rows], x0) * u_0t)
         # instantaneous velocity v at (x_t, t) and the student's condition
         if target == "teacher":
             if teacher is None:
@@ -227,9 +274,12 @@ def meanflow_loss(net: Callable, batch: dict, *, teacher: Callable | None = None
         if n > 0:
             d = dudt(module, x_t[:n], t[:n], s[:n], c_in[:n], v[:n], jvp_dtype=jvp_dtype)
             u_tgt = torch.cat([v[:n] + expand_t(s[:n] - t[:n], d) * d, v[n:]])
-    # prediction: one ordinary forward through net, adaptive-weighted squared error per row
+    # prediction: one ordinary forward through net; adaptive weight on the per-row sum of squares
     u = net(x_t, t, c_in, h=s - t).to(u_tgt.dtype)
-    err = (u - u_tgt).square().flatten(1).mean(1)
-    value = (err / (err.detach() + adaptive_c).pow(adaptive_p)).mean()
+    err = (u - u_tgt).square().flatten(1)
+    err_sum = err.sum(1)
+    value = (err_sum / (err_sum.detach() + adaptive_c).pow(adaptive_p)).mean()
+    err = err.mean(1)
     return value, _logs(loss=value, err=err.mean(), err_equal=err[n:].mean() if n < b else 0.0,
-                        err_interval=err[:n].mean() if n > 0 else 0.0, frac_interval=n / b)
+                        err_interval=err[:n].mean() if n > 0 else 0.0, frac_interval=n / b,
+                        frac_student_states=m / b, **near_sampler_pairs(t, s))

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = [("psnr_y", "PSNR-Y"), ("ssim_y", "SSIM-Y"), ("lpips", "LPIPS"), ("dists", "DISTS"),
-           ("niqe", "NIQE"), ("fid", "FID (patch)"), ("kid", "KID (patch)"), ("hf_ratio", "HF ratio")]
+           ("niqe", "NIQE"), ("fid", "FID (patch)"), ("kid", "KID (patch)"), ("hf_ratio", "HF ratio"),
+           ("ref_psnr_y", "ref PSNR-Y"), ("ref_lpips", "ref LPIPS")]
 
 
 def label(row: dict) -> str:

@@ -58,8 +58,8 @@ def build_loss(cfg: TrainConfig, teacher=None):
                        s_max=cfg.s_max, delta=cfg.delta, w_boundary=cfg.w_boundary, w_align=cfg.w_align)
     return partial(objectives.meanflow_loss, teacher=teacher, guidance=cfg.guidance,
                    target=cfg.mf_target, omega=cfg.mf_omega, kappa=cfg.mf_kappa, sigma_p=cfg.sigma_p,
-                   p_equal=cfg.p_equal, adaptive_p=cfg.adaptive_p, adaptive_c=cfg.adaptive_c,
-                   p_drop=cfg.p_drop)
+                   p_equal=cfg.p_equal, p_grid=cfg.mf_p_grid, student_states=cfg.mf_student_states,
+                   adaptive_p=cfg.adaptive_p, adaptive_c=cfg.adaptive_c, p_drop=cfg.p_drop)
 
 
 def model_config(cfg: TrainConfig, training: dict) -> ModelConfig:
@@ -257,6 +257,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
                     "crop": cfg.crop, "wall_seconds": round(wall, 1), "device": _device_name(device),
                     "teacher": cfg.teacher, "init": cfg.init, "degradation": cfg.degradation}
+        if cfg.teacher:  # the teacher guidance the student reproduces (the default of eval --reference)
+            training["teacher_guidance"] = cfg.guidance if cfg.objective == "meanflow" else 1.0
         if cfg.init:  # totals over this run and the runs behind the init model
             training.update(steps_total=before["steps"] + step,
                             wall_seconds_total=round(before["wall_seconds"] + wall, 1))
@@ -325,7 +327,12 @@ def _agree(flag: bool, world: int, device) -> bool:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    """``"cpu (N threads of M cores, arch)"`` or the GPU's name: the machine a model was trained on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores, {platform.machine()})"
 
 
 def _log(out: Path, writer, row: dict) -> None:

@@ -189,7 +189,7 @@ def test_meanflow_equal_times_is_flow_matching_against_teacher():
     with torch.no_grad():
         v_T = teacher(call["x"], call["t"], batch["cond"])
     u = rec.net(call["x"], call["t"], call["cond"], h=call["h"])
-    err = (u - v_T).square().flatten(1).mean(1)
+    err = (u - v_T).square().flatten(1).sum(1)
     assert torch.allclose(value, _adaptive(err))
 
 
@@ -216,7 +216,7 @@ def test_meanflow_conditional_target_and_cfg_mixing():
         zero = torch.zeros_like(t)
         v = (omega * (x1 - x0) + kappa * student(x_t, t, cond, h=zero)
              + (1 - omega - kappa) * student(x_t, t, torch.zeros_like(cond), h=zero))
-    err = (student(x_t, t, cond, h=zero) - v).square().flatten(1).mean(1)
+    err = (student(x_t, t, cond, h=zero) - v).square().flatten(1).sum(1)
     assert torch.allclose(value, _adaptive(err))
     # omega = 1, kappa = 0: plain x1 - x0 target, dropped rows see zeros
     rec = Recorder(student)
@@ -224,7 +224,7 @@ def test_meanflow_conditional_target_and_cfg_mixing():
     call = rec.calls[-1]
     assert (call["cond"] == 0).all()
     x0 = (call["x"] - _col(call["t"]) * x1) / _col(1 - call["t"])
-    err = (student(call["x"], call["t"], call["cond"], h=call["h"]) - (x1 - x0)).square().flatten(1).mean(1)
+    err = (student(call["x"], call["t"], call["cond"], h=call["h"]) - (x1 - x0)).square().flatten(1).sum(1)
     assert torch.allclose(value, _adaptive(err))
 
 
@@ -326,3 +326,61 @@ def test_flow_matching_endpoint_weighting_is_the_endpoint_error():
     assert not torch.allclose(unweighted, (guess - gt).square().mean(), rtol=1e-3)
     with pytest.raises(ValueError, match="weighting"):
         flow_matching_loss(endpoint_net, {"gt": gt, "cond": cond}, weighting="snr")
+
+
+# ---------------------------------------------------------------- MeanFlow recipe (issue 14)
+
+def test_meanflow_times_train_the_sampler_pairs():
+    from flowsr.objectives import SAMPLER_PAIRS, meanflow_times, near_sampler_pairs
+
+    torch.manual_seed(0)
+    t, s, n = meanflow_times(4000, p_equal=0.4, p_grid=0.5)
+    assert (s >= t).all() and ((0 <= t) & (s <= 1)).all()
+    assert abs(n / 4000 - 0.6) < 0.01 and (s[n:] == t[n:]).all() and (s[:n] > t[:n]).all()
+    grid = {pair for group in SAMPLER_PAIRS.values() for pair in group}
+    on_grid = [(a, b) in grid for a, b in zip(t[:n].tolist(), s[:n].tolist())]
+    assert abs(sum(on_grid) / n - 0.5) < 0.03  # half the s != t rows on the pairs, exactly
+    one_step = ((t[:n] == 0) & (s[:n] == 1)).float().mean().item()
+    assert abs(one_step - 0.5 / 3) < 0.03  # a third of the grid rows on the 1-step pair (0, 1)
+    shares = near_sampler_pairs(t, s)
+    assert 0.6 * 0.5 / 3 <= shares["near_1step"].item() < 0.6 * 0.5 / 3 + 0.02
+    assert shares["near_4step"].item() > 0.6 * 0.5 / 3 - 0.02
+
+
+def test_meanflow_student_states_are_the_students_one_step_states():
+    batch = _batch(b=6)
+    teacher = TinyNet(seed=1).double()
+    rec = Recorder(TinyNet().double())
+    # Recorder has no .module: the no-grad state call and the prediction both go through it
+    _, logs = meanflow_loss(rec, batch, teacher=teacher, p_equal=1.0, student_states=1.0)
+    assert logs["frac_student_states"] == 1.0
+    state_call, prediction = rec.calls
+    assert (state_call["t"] == 0).all()  # u(x0, 0, t): the student's own one-step jump to t
+    x0, h, t = state_call["x"], state_call["h"], prediction["t"]
+    # the state rows come in a random order: match them to the prediction rows by their (distinct) times
+    by_state, by_prediction = h.argsort(), t.argsort()
+    assert torch.equal(h[by_state], t[by_prediction])
+    u = rec.net(x0, torch.zeros_like(h), state_call["cond"], h=h)
+    assert torch.allclose(prediction["x"][by_prediction], (x0 + _col(h) * u)[by_state])
+
+
+def test_time_embedding_derivative_is_bounded_by_its_scale():
+    from flowsr.nets import timestep_embedding
+
+    t = torch.linspace(0, 1, 101, dtype=D, requires_grad=True)
+    for scale in (1.0, 1000.0):
+        emb = timestep_embedding(t, 32, scale=scale)
+        (grad,) = torch.autograd.grad(emb.square().sum() / 2, t)  # sum_k e_k de_k/dt
+        jac = torch.autograd.functional.jacobian(lambda v: timestep_embedding(v, 32, scale=scale), t.detach())
+        slope = jac.diagonal(dim1=0, dim2=2).abs().amax()
+        assert slope <= scale + 1e-9 and slope > 0.5 * scale
+        assert grad.abs().max() < 1e-6  # cos^2 + sin^2 = 1 per frequency
+
+
+def test_mix_time_sampler_covers_t_near_zero():
+    from flowsr.objectives import _sample_t
+
+    torch.manual_seed(0)
+    like = torch.zeros(20000)
+    share = {kind: (_sample_t(kind, like) < 0.05).float().mean().item() for kind in ("uniform", "logit_normal", "mix")}
+    assert share["logit_normal"] < 0.01 < 0.02 < share["mix"] < 0.04 < share["uniform"]

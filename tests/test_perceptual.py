@@ -318,3 +318,42 @@ def test_eval_reports_patch_fid_kid_over_the_set(tmp_path, capsys):
     assert "fid" not in result["per_image"][0]
     assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fidd"]) == 1
     assert "unknown metric(s) ['fidd']" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- eval --reference
+
+
+@needs("lpips_alex", P._PIP_LPIPS)
+def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path, image_folder):
+    """A student that equals its teacher's first Euler step scores inf dB / 0 LPIPS against the 1-step
+    teacher (same source noise per image), finite against the 32-step one; guidance defaults to the
+    student's distillation guidance."""
+    from flowsr.checkpoint import load_model_dir, save_model_dir
+    from flowsr.cli import main
+    from flowsr.config import ModelConfig
+    from test_pipeline import make_model
+
+    teacher_dir = make_model(tmp_path / "teacher", kind="flow")
+    net, cfg = load_model_dir(teacher_dir, "cpu")
+    with torch.no_grad():
+        net.interval_mlp[2].weight.zero_()
+        net.interval_mlp[2].bias.zero_()
+    student_dir = tmp_path / "student"
+    save_model_dir(student_dir, net, ModelConfig(kind="oftsr", scale=4, net=cfg.net, default_t=1.0,
+                                                 training={"teacher_guidance": 1.5}))
+    out = tmp_path / "ref.json"
+    report = tmp_path / "report"
+    assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference", str(teacher_dir),
+                 "--reference-steps", "1", "--reference-guidance", "1", "--json", str(out),
+                 "--report", str(report)]) == 0
+    row = json.loads(out.read_text())
+    assert row["reference"] == {"model": "teacher", "steps": 1, "guidance": 1.0}
+    assert row["metrics"]["ref_psnr_y"] == float("inf") and row["metrics"]["ref_lpips"] < 1e-6
+    assert all("ref_psnr_y" in image and "ref_lpips" in image for image in row["per_image"])
+    assert "ref PSNR-Y" in (report / "results.md").read_text()
+
+    assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference",
+                 str(teacher_dir), "--json", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["reference"] == {"model": "teacher", "steps": 32, "guidance": 1.5}
+    assert 10 < row["metrics"]["ref_psnr_y"] < 100 and row["metrics"]["ref_lpips"] > 0
