@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from flowsr.catalog import PICKLE_SUFFIXES, ModelLoadError, check_model_dir, read_config_json
 from flowsr.config import ModelConfig
-from flowsr.io import FILE_MODE
+from flowsr.io import FILE_MODE, temporary_beside
 from flowsr.nets import UNet
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
-
-
-class ModelLoadError(Exception):
-    """A model directory or file that cannot be used; the message names the file and the problem."""
 
 
 def atomic_write(path: Path, write) -> None:
@@ -36,19 +30,19 @@ def atomic_write(path: Path, write) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else FILE_MODE)
-    finally:
-        os.close(fd)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else FILE_MODE
+    fd, tmp = temporary_beside(path)
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)  # after writing: a writer may replace the file (safetensors makes a new one, 0600)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def save_model_dir(directory: Path, net: torch.nn.Module, config: ModelConfig, dtype=None) -> None:
@@ -60,13 +54,9 @@ def save_model_dir(directory: Path, net: torch.nn.Module, config: ModelConfig, d
 
 
 def read_model_config(directory: Path) -> ModelConfig:
+    """The checked ``config.json`` of a model directory: every field's type and range (one-line ModelLoadError)."""
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing (a model directory holds model.safetensors + config.json)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+    data = read_config_json(directory)
     try:
         return ModelConfig.from_dict(data, str(path))
     except (ValueError, TypeError) as error:
@@ -76,11 +66,7 @@ def read_model_config(directory: Path) -> ModelConfig:
 def load_model_dir(directory: Path, device="cpu") -> tuple[UNet, ModelConfig]:
     """Rebuild the network from ``config.json`` and load ``model.safetensors`` (checked: keys, shapes, finite)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        if directory.suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelLoadError(f"{directory}: pickle checkpoints are refused (they can run code); "
-                                 "flowsr reads only a directory with model.safetensors + config.json")
-        raise ModelLoadError(f"{directory}: not a model directory or a bundled model name")
+    check_model_dir(directory)
     config = read_model_config(directory)
     weights = directory / "model.safetensors"
     if not weights.is_file():
@@ -114,6 +100,9 @@ def check_state_dict(net: torch.nn.Module, state: dict, source) -> None:
         if value.shape != expected[key].shape:
             raise ModelLoadError(f"{source}: {key} has shape {tuple(value.shape)}, "
                                  f"config.json implies {tuple(expected[key].shape)}")
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise ModelLoadError(f"{source}: {key} holds {str(value.dtype).removeprefix('torch.')} values; "
+                                 "weights must be floating point (float32, bfloat16 or float16)")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ModelLoadError(f"{source}: {key} contains NaN or Inf values")
 
@@ -162,6 +151,15 @@ def load_training_checkpoint(path: Path, *, net, ema, optimizer) -> tuple[int, d
     def section(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in section("model.").items()}
+    if saved != expected:
+        differ = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+        key = differ[0]
+        raise ModelLoadError(f"{path}: the checkpoint's network differs from this run's config ({len(differ)} "
+                             f"tensors, e.g. {key}: checkpoint {saved.get(key, 'absent')}, this run "
+                             f"{expected.get(key, 'absent')}); resume with the net.* settings of its "
+                             "train_config.json")
     net.load_state_dict(section("model."))
     ema.load_state_dict(section("ema."))
     state: dict[int, dict] = {}

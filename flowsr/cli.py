@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 EXIT_FAILED = 1
@@ -35,9 +37,13 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
+DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
+
+
 def _add_runtime(parser) -> None:
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also "
                         "depends on its file name")
     parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels; 0: automatic "
@@ -58,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", help="image files and/or folders")
     up.add_argument("-o", "--output", required=True, help="output folder")
     up.add_argument("--model", default="default", help="model directory, bundled name or 'bicubic'")
-    up.add_argument("--steps", type=_positive, default=None)
-    up.add_argument("--t", type=float, default=None, help="fidelity (0) .. realism (1) knob of students")
+    up.add_argument("--steps", type=_positive, default=None, help="sampling steps of a flow teacher or a "
+                    "MeanFlow student (default: the model's, see flowsr models); one-step models take only 1")
+    up.add_argument("--t", type=float, default=None, help="fidelity (0) .. realism (1) knob of distilled "
+                    "students (oftsr, meanflow); refused for other models")
     up.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (1 = off)")
-    up.add_argument("--sampler", default=None, choices=["euler", "heun"])
+    up.add_argument("--sampler", default=None, choices=["euler", "heun"], help="ODE solver of a flow teacher: "
+                    "euler (1 network evaluation per step, the default) or heun (2 per step, more accurate)")
     up.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
     up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
-                    "over Pillow's decompression-bomb limit)")
+                    "over Pillow's decompression-bomb limit), and images too wide to stream in 2 GiB of rows")
     up.add_argument("--compile", default="none", metavar="MODE", help="torch.compile the network: none, default, "
                     "reduce-overhead (CUDA graphs), max-autotune (worth it for many images of one size, or tiled ones)")
     _add_runtime(up)
@@ -131,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead: seconds per training step of every objective for this preset's network")
     bn.add_argument("--crop", type=int, default=None, help="with --train: HR crop size")
     bn.add_argument("--json", default=None)
-    bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bn.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    bn.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
     return parser
 
 
@@ -141,18 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "degrade": cmd_degrade,
                "models": cmd_models, "bench": cmd_bench,
                "serve": _serve}[args.command]
-    from flowsr.checkpoint import ModelLoadError
-    from flowsr.evaluate import DataError
-    from flowsr.perceptual import MetricUnavailable
-
     try:
         return handler(args)
-    except (ModelLoadError, DataError, MetricUnavailable, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not isinstance(error, _expected_errors()):
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _expected_errors() -> tuple[type, ...]:
+    """The errors reported in one line. Found without importing torch: an error of a module's own type can
+    only happen once that module is imported."""
+    from flowsr.catalog import ModelLoadError
+
+    errors = [ModelLoadError, ValueError, OSError]
+    for module, name in (("flowsr.evaluate", "DataError"), ("flowsr.perceptual", "MetricUnavailable"),
+                         ("flowsr.train", "RunInUse")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 # -- upscale ---------------------------------------------------------------------------------------
@@ -199,15 +219,54 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def cmd_upscale(args) -> int:
-    from tqdm import tqdm
+def check_model_arguments(spec: str, settings) -> None:
+    """Check ``--model`` and the sampling settings against the model's config.json alone, without torch, so
+    an unknown model or ``--steps 4`` on a one-step model is reported at once; the load checks it all again."""
+    from flowsr import catalog
+    from flowsr import settings as rules
 
-    from flowsr.io import DEFAULT_MAX_PIXELS, ImageReadError, list_images, read_image, write_image_rows
-    from flowsr.pipeline import Settings, auto_tile, image_seed, load
+    path = catalog.model_path(spec)
+    if path is None:
+        rules.resolve(settings, "bicubic", "bicubic")
+        return
+    data = catalog.read_config_json(path)
+    kind = data.get("kind")
+    if kind not in ("flow", "regression", "oftsr", "meanflow"):
+        return  # loading reports what is wrong with the file
+    try:
+        defaults = data.get("default_steps", 1), data.get("default_t", 1.0), data.get("default_guidance", 1.0)
+        for check, value, key in zip((rules.check_steps, rules.check_t, rules.check_guidance), defaults,
+                                     ("default_steps", "default_t", "default_guidance")):
+            check(value, key)
+    except ValueError as error:
+        raise catalog.ModelLoadError(f"{path / 'config.json'}: {error}") from None
+    rules.resolve(settings, kind, path.resolve().name or str(data.get("name")), *defaults)
+
+
+def cmd_upscale(args) -> int:
+    from flowsr.settings import Settings
 
     output_dir = Path(args.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"{output_dir}: exists and is not a folder")
+    settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler,
+                        color_fix=args.color_fix)
+    check_model_arguments(args.model, settings)  # before importing torch and loading anything
+
+    from tqdm import tqdm
+
+    from flowsr.io import (
+        DEFAULT_MAX_PIXELS,
+        ImageReadError,
+        list_images,
+        read_image,
+        remove_stale_temporaries,
+        write_image_rows,
+    )
+    from flowsr.pipeline import auto_tile, image_seed, load
+
+    for stale in remove_stale_temporaries(output_dir):
+        _say(f"note: removed {stale}, the temporary file of a write that was interrupted")
     failed: list[str] = []
     for path in args.inputs:
         if not Path(path).exists():
@@ -246,25 +305,33 @@ def cmd_upscale(args) -> int:
 
             raise ModelLoadError(f"{args.model}: cannot build the model ({' '.join(str(error).split())})") from None
         model.compile(args.compile)
-        settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler,
-                            color_fix=args.color_fix)
+        if args.allow_large:
+            model.max_row_buffers = None
         model.resolve(settings)
         print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
-    bar = len(targets) > 1 and sys.stderr.isatty()
-    for path, target in tqdm(targets.items(), desc="upscale", unit="img", disable=not bar):
+    bars = sys.stderr.isatty()  # progress bars on a terminal, one line per image otherwise
+    for index, (path, target) in enumerate(tqdm(targets.items(), desc="upscale", unit="img",
+                                                disable=not (bars and len(targets) > 1)), 1):
         if args.skip_existing and target.exists():
             skipped += 1
             continue
         try:
+            started = time.perf_counter()
             image = read_image(path, max_pixels=max_pixels)
             height, width = image.rgb.shape[-2:]
             tile = auto_tile(height, width) if args.tile == 0 else max(args.tile, 0)
             rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
                                             tile_overlap=args.tile_overlap)
-            write_image_rows(target, rows, image.bit_depth, inputs=(path,))  # streamed, atomic
+            with tqdm(total=height * model.scale, desc=path.name[:40], unit="row", leave=False,
+                      disable=not bars) as image_bar:
+                write_image_rows(target, _counted(rows, image_bar), image.bit_depth, inputs=(path,),
+                                 color=image.color)  # streamed, atomic
             for note in image.notes:
                 _say(f"note: {path}: {note}")
+            if not bars:
+                _say(f"[{index}/{len(targets)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
+                     f"{height * model.scale}, {time.perf_counter() - started:.1f} s)")
             written += 1
         except (ImageReadError, ValueError, OSError, MemoryError, RuntimeError) as error:
             detail = str(error) or type(error).__name__
@@ -276,6 +343,13 @@ def cmd_upscale(args) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def _counted(rows, bar):
+    """Pass on ``rows`` (rgb, alpha) bands, advancing ``bar`` by their height."""
+    for rgb, alpha in rows:
+        yield rgb, alpha
+        bar.update(rgb.shape[-2])
+
+
 # -- eval ------------------------------------------------------------------------------------------
 
 
@@ -284,6 +358,8 @@ def cmd_eval(args) -> int:
     from flowsr.pipeline import Settings, load
 
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
+    if args.json:
+        _refuse_an_input(Path(args.json), args.data, "--json")
     dataset = load_dataset(args.data, args.scale)
     for message in dataset.errors:
         print(f"error: {message}", file=sys.stderr)
@@ -343,6 +419,16 @@ def cmd_eval(args) -> int:
     return EXIT_FAILED if dataset.errors else 0
 
 
+def _refuse_an_input(target: Path, data: str, option: str) -> None:
+    """ValueError if ``target`` is one of the images of ``data`` (a file, or a folder with HR/ and LR/)."""
+    from flowsr.io import list_images
+
+    folder = Path(data)
+    inputs = list_images([folder, *(folder / side for side in ("HR", "LR") if (folder / side).is_dir())])
+    if _file_id(target) is not None and _file_id(target) in {_file_id(p) for p in inputs}:
+        raise ValueError(f"{option} {target}: is an input image of {data}; refusing to overwrite it")
+
+
 def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) -> None:
     """results.md (+ tradeoff.png with LPIPS, knob.png for a t sweep, grid_<image>.png) for a sweep."""
     from flowsr import report
@@ -379,7 +465,7 @@ def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) ->
 
 def cmd_train(args) -> int:
     from flowsr.config import apply_overrides, load_yaml_overrides, preset
-    from flowsr.train import TrainingDiverged, train
+    from flowsr.train import RunInUse, TrainingDiverged, train
 
     cfg = preset(args.preset)
     overrides = (load_yaml_overrides(args.config) if args.config else []) + list(args.overrides)
@@ -388,7 +474,7 @@ def cmd_train(args) -> int:
         raise ValueError("no training data: pass data=DIR (default ../shared/data/train is absent)")
     try:
         train(cfg, args.out, resume=args.resume)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, RunInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -450,24 +536,22 @@ def cmd_degrade(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from flowsr.checkpoint import read_model_config
-    from flowsr.nets import UNet, count_parameters
-    from flowsr.pipeline import bundled_models, default_model
+    from flowsr.catalog import bundled_models, default_model, parameter_count, read_config_json
 
     rows = [["name", "task", "scale", "params", "defaults", "trained"],
             ["bicubic", "baseline", "any", "0", "NFE 0", "-"]]
     default = default_model()
-    for name, path in bundled_models().items():
-        config = read_model_config(path)
-        params = count_parameters(UNet(config.net))
-        info = config.training
+    for name, path in bundled_models().items():  # from the files' headers: no torch, no network built
+        config = read_config_json(path)
+        kind, info = config.get("kind", "?"), config.get("training", {})
+        params = parameter_count(path / "model.safetensors")
         steps, wall = info.get("steps_total", info.get("steps", "?")), info.get("wall_seconds_total",
                                                                                 info.get("wall_seconds", "?"))
         trained = (f"{steps} steps, batch {info.get('batch_size', '?')}, {wall} s on {info.get('device', '?')}"
                    f"{' (over several runs)' if 'steps_total' in info else ''}; data {info.get('data', '?')}")
-        defaults = f"steps {config.default_steps}" + (f", t {config.default_t:g}" if config.kind in (
-            "oftsr", "meanflow") else "")
-        rows.append([name + (" (default)" if name == default else ""), config.kind, f"x{config.scale}",
+        defaults = f"steps {config.get('default_steps', 1)}" + (
+            f", t {config.get('default_t', 1.0):g}" if kind in ("oftsr", "meanflow") else "")
+        rows.append([name + (" (default)" if name == default else ""), kind, f"x{config.get('scale', '?')}",
                      f"{params / 1e6:.2f}M", defaults, trained])
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
@@ -476,6 +560,16 @@ def cmd_models(args) -> int:
 
 
 def _serve(args) -> int:
+    problem = None
+    if not 0 <= args.port <= 65535:
+        problem = f"--port must be in 0..65535 (0: any free port), got {args.port}"
+    for option in ("max_upload_mb", "max_megapixels"):
+        value = getattr(args, option, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problem = f"--{option.replace('_', '-')} must be a positive number, got {value:g}"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from flowsr import serve
 
     return serve.run(args)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from flowsr import settings
 from flowsr.nets import NetConfig
 
 OBJECTIVES = ("flow_matching", "regression", "oftsr", "meanflow")
@@ -96,7 +98,9 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
-            (self.scale >= 1, "scale must be >= 1"),
+            (1 <= self.scale <= settings.MAX_SCALE, f"scale must be in [1, {settings.MAX_SCALE}]"),
+            (0 <= self.default_steps <= settings.MAX_STEPS, f"default_steps must be in [0, {settings.MAX_STEPS}]"),
+            (0 <= self.guidance <= settings.MAX_GUIDANCE, f"guidance must be in [0, {settings.MAX_GUIDANCE:g}]"),
             (self.crop % (self.scale * 4) == 0, "crop must be a multiple of 4*scale"),
             (self.batch_size >= 1 and self.max_steps >= 0, "batch_size >= 1 and max_steps >= 0"),
             (self.loss in ("l1", "l2"), "loss must be l1 or l2"),
@@ -134,19 +138,39 @@ class ModelConfig:
     training: dict = field(default_factory=dict)  # provenance: preset, steps, data, wall time, device
 
     def __post_init__(self):
+        """Check every field's range (types are checked by :meth:`from_dict`); raises ValueError."""
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; expected one of {MODEL_KINDS}")
+        if not 1 <= self.scale <= settings.MAX_SCALE:
+            raise ValueError(f"scale must be in [1, {settings.MAX_SCALE}], got {self.scale!r}")
+        if not 0.0 <= self.sigma_p < 1.0:
+            raise ValueError(f"sigma_p must be in [0, 1), got {self.sigma_p!r}")
+        settings.check_steps(self.default_steps, "default_steps")
+        settings.check_t(self.default_t, "default_t")
+        settings.check_guidance(self.default_guidance, "default_guidance")
+        net = self.net
+        checks = [(net.channels >= 1, "channels must be >= 1"),
+                  (all(m >= 1 for m in net.channel_mult), "channel_mult entries must be >= 1"),
+                  (net.num_blocks >= 1, "num_blocks must be >= 1"),
+                  (0.0 <= net.dropout < 1.0, "dropout must be in [0, 1)"),
+                  (net.image_channels == 3, "image_channels must be 3"),
+                  (net.patch <= 16, "patch must be in [1, 16]")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"net.{message}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @staticmethod
     def from_dict(data: dict, source: str = "config.json") -> ModelConfig:
-        """Build from a parsed JSON dict; unknown keys, missing keys or bad types raise ValueError."""
-        return _from_dict(ModelConfig, data, source)
+        """Build from a parsed JSON dict; unknown keys, missing keys, a value of another JSON type than
+        the field's (``true`` for an int, ``"4"`` for an int, ``1.5`` for an int), a NaN or an infinity,
+        or a value out of range raise ValueError, in one line naming ``source`` and the field."""
+        return _from_dict(ModelConfig, data, source, strict=True)
 
 
-def _from_dict(cls, data: dict, source: str):
+def _from_dict(cls, data: dict, source: str, strict: bool = False):
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object for {cls.__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -158,24 +182,33 @@ def _from_dict(cls, data: dict, source: str):
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, source)
+            kwargs[name] = _from_dict(hint, value, source, strict)
         else:
-            kwargs[name] = _coerce(value, hint, f"{source}: {cls.__name__}.{name}")
+            kwargs[name] = _coerce(value, hint, f"{source}: {cls.__name__}.{name}", strict)
     try:
         return cls(**kwargs)
-    except TypeError as error:
-        raise ValueError(f"{source}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {' '.join(str(error).split())}") from None
 
 
-def _coerce(value, hint, where: str):
-    """Check/convert a JSON or command-line value to the field's type."""
+def _coerce(value, hint, where: str, strict: bool = False):
+    """Check/convert a command-line value (a string) to the field's type; ``strict`` (JSON): the value
+    must already have the field's type (an int is accepted for a float). Floats must be finite."""
     origin = typing.get_origin(hint)
+    if strict and hint in (int, float, str, bool):
+        number = hint in (int, float)
+        ok = isinstance(value, (int, float) if hint is float else hint) and not (number and isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{where}: expected {'a number' if hint is float else hint.__name__}, got {value!r}")
+        if hint is float and not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return float(value) if hint is float else value
     if origin is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str) and not strict:
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, typing.get_args(hint)[0], where) for v in value)
+        return tuple(_coerce(v, typing.get_args(hint)[0], where, strict) for v in value)
     if hint is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object, got {value!r}")
@@ -191,9 +224,12 @@ def _coerce(value, hint, where: str):
     try:
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return hint(value)
+        converted = hint(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    if hint is float and not math.isfinite(converted):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    return converted
 
 
 def apply_overrides(cfg, overrides: list[str]):

@@ -18,6 +18,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 import struct
 import tempfile
 import threading
@@ -32,9 +33,15 @@ import numpy as np
 import PIL.Image
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: temporary files are not locked, and stale ones are not removed
+    fcntl = None
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 READ_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # what a folder given to list_images yields
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # below Pillow's own decompression-bomb limit (~179 MP)
+TEMP_SUFFIX = ".flowsr.tmp"  # temporary files of atomic writes: .<name>.<random>.flowsr.tmp beside <name>
 
 _READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
@@ -54,6 +61,20 @@ class ImageReadError(Exception):
     """An image file could not be read; the message is one line: ``"<file>: <problem>"``."""
 
 
+@dataclass(frozen=True)
+class ColorInfo:
+    """What the pixel values mean, carried from an input to its output unchanged so the colours stay.
+
+    icc_profile: the ICC profile's bytes (PNG iCCP, JPEG/WebP/TIFF ICC), kept only when its colour
+    space is that of the pixels ("RGB " for colour, "GRAY" for grey). gamma: PNG gAMA (e.g. 0.45455).
+    chromaticity: PNG cHRM, 8 floats (white x, y, red x, y, green x, y, blue x, y). All None: sRGB.
+    """
+
+    icc_profile: bytes | None = None
+    gamma: float | None = None
+    chromaticity: tuple[float, ...] | None = None
+
+
 @dataclass(eq=False)
 class Image:
     """A decoded image.
@@ -63,6 +84,7 @@ class Image:
     bit_depth: 8 or 16, the precision of the source and of what :func:`save_image` writes.
     mode: the source's Pillow mode ("RGB", "L", "P", "I;16", ...). path: the source file, if any.
     notes: what was changed on reading, e.g. "animated: first frame used".
+    color: the source's ICC profile / gamma / chromaticities, written back with the image.
     """
 
     rgb: torch.Tensor = field(repr=False)
@@ -71,6 +93,7 @@ class Image:
     mode: str = "RGB"
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    color: ColorInfo = field(default_factory=ColorInfo, repr=False)
 
     def __post_init__(self):
         if self.rgb.dim() != 3 or self.rgb.shape[0] not in (1, 3):
@@ -90,16 +113,52 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     off; palette and CMYK become RGB. 16-bit files (greyscale, and colour PNG) give values/65535 and
     ``bit_depth=16``. Pillow mode I (32-bit int) is divided by 65535 when its values fit in
     [0, 65535], F (float) is kept when it fits in [0, 1]; otherwise either is rescaled from its
-    min..max to [0, 1] with a note. Animated files give their first frame with a note.
-    Images with more than ``max_pixels`` pixels are refused (None: no limit).
+    min..max to [0, 1] with a note. Animated files give their first frame with a note. The ICC
+    profile, gamma and chromaticities are kept in ``color``.
+    Only a regular file is opened (a FIFO or a device is refused without reading), its size is checked
+    against :func:`max_file_bytes` and the header against ``max_pixels`` (None: no limits) before the
+    pixels are decoded; the decoder reads the file as it goes, never the whole of it at once.
     Raises ImageReadError (only) for missing, empty, truncated, corrupt, non-image or too large files.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        handle = _open_regular_file(path)
     except OSError as error:
         raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from error
-    return read_image_bytes(data, str(path), max_pixels, path=path)
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise ImageReadError(f"{path}: empty file")
+        if max_pixels is not None and size > max_file_bytes(max_pixels):
+            raise ImageReadError(f"{path}: file too large: {size} bytes > limit {max_file_bytes(max_pixels)} "
+                                 f"for an image of at most {max_pixels} pixels (pass --allow-large to override)")
+        return _decode(handle, str(path), max_pixels, path)
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest image file accepted for ``max_pixels``: 8 bytes per pixel (uncompressed 16-bit
+    RGBA, the most any supported format needs) plus 64 MiB of metadata (EXIF, ICC profile, text)."""
+    return 8 * max_pixels + 64 * 1024 * 1024
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; raise OSError otherwise, without blocking
+    (a FIFO is opened non-blocking, so no writer is waited for) and without reading."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+            raise OSError(f"{kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
@@ -107,22 +166,29 @@ def read_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MA
     """:func:`read_image` for the bytes of a file; ``name`` is used in error messages."""
     if not data:
         raise ImageReadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name, max_pixels, path)
+
+
+def _decode(source: BinaryIO, name: str, max_pixels: int | None, path: Path | None) -> Image:
+    """Decode the image file open as ``source`` (seekable, at its start); see :func:`read_image`."""
     notes: list[str] = []
     try:
         with _pillow_limit(max_pixels) as caught:
-            im = PIL.Image.open(io.BytesIO(data), formats=_READ_FORMATS)
+            im = PIL.Image.open(source, formats=_READ_FORMATS)
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageReadError(_too_large(name, im.width * im.height, max_pixels))
             if getattr(im, "n_frames", 1) > 1:
                 notes.append("animated: first frame used")
             rawmode = _rawmode(im)
             im.load()  # full decode here, so truncation surfaces inside the try
+            orientation = _exif_orientation(im, notes)
             array, depth = _pil_array(im, notes)
             if im.format == "PNG" and rawmode in _PNG16_LOW_BYTES:
-                array, depth = _png16_colour(data, im, rawmode, notes)
+                array, depth = _png16_colour(source, im, rawmode, notes)
             elif ";16" in rawmode and depth == 8:
                 notes.append("16-bit colour read at 8-bit precision (Pillow limitation)")
-            array = _orient(array, _exif_orientation(im, notes))
+            array = _orient(array, orientation)
+            color = _color_info(im, grey=array.shape[-1] <= 2, notes=notes)
         notes += sorted({"Pillow: " + " ".join(str(w.message).split()) for w in caught})
     except ImageReadError:
         raise
@@ -135,7 +201,23 @@ def read_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MA
     except Exception as error:  # Pillow raises many types for broken files
         detail = " ".join(str(error).split()) or type(error).__name__
         raise ImageReadError(f"{name}: truncated or corrupt image ({detail})") from error
-    return _to_image(array, depth, im.mode, path, notes)
+    return _to_image(array, depth, im.mode, path, notes, color)
+
+
+def _color_info(im: PIL.Image.Image, grey: bool, notes: list[str]) -> ColorInfo:
+    """The ICC profile, gAMA and cHRM of a loaded image; a profile for other pixels than the ones
+    read (a CMYK profile of a JPEG converted to RGB) is dropped with a note."""
+    profile = im.info.get("icc_profile") or None
+    if profile is not None:
+        space = bytes(profile[16:20])
+        if space != (b"GRAY" if grey else b"RGB "):
+            notes.append(f"ICC profile for {space.decode('latin-1').strip() or 'unknown'} pixels dropped "
+                         f"(the pixels are read as {'grey' if grey else 'RGB'})")
+            profile = None
+    gamma = im.info.get("gamma") if im.format == "PNG" else None
+    chromaticity = im.info.get("chromaticity") if im.format == "PNG" else None
+    return ColorInfo(bytes(profile) if profile else None, float(gamma) if gamma else None,
+                     tuple(float(v) for v in chromaticity) if chromaticity else None)
 
 
 def _too_large(name: str, pixels: int | str, limit: int) -> str:
@@ -202,11 +284,12 @@ def _pil_array(im: PIL.Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     return array.reshape(*array.shape[:2], -1), 8
 
 
-def _png16_colour(data: bytes, im: PIL.Image.Image, rawmode: str, notes: list[str]) -> tuple[np.ndarray, int]:
+def _png16_colour(source: BinaryIO, im: PIL.Image.Image, rawmode: str, notes: list[str]) -> tuple[np.ndarray, int]:
     """Exact 16-bit colour PNG: decode again with a raw mode that yields the low bytes of each sample."""
     low_mode, high_bands, low_bands = _PNG16_LOW_BYTES[rawmode]
     try:
-        low_im = PIL.Image.open(io.BytesIO(data), formats=["PNG"])
+        source.seek(0)
+        low_im = PIL.Image.open(source, formats=["PNG"])
         tile = low_im.tile[0]
         low_im.tile = [tile._replace(args=low_mode) if hasattr(tile, "_replace") else (*tile[:3], low_mode)]
         low_im.load()
@@ -244,12 +327,12 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _to_image(a: np.ndarray, bit_depth: int, mode: str, path: Path | None = None,
-              notes: list[str] | None = None) -> Image:
+              notes: list[str] | None = None, color: ColorInfo | None = None) -> Image:
     """(H,W,C) float in [0,1], C in 1..4 (grey, grey+alpha, RGB, RGBA) -> Image."""
     planes = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
     colour = 1 if planes.shape[0] <= 2 else 3
     alpha = planes[colour:] if planes.shape[0] in (2, 4) else None
-    return Image(planes[:colour], alpha, bit_depth, mode, path, list(notes or []))
+    return Image(planes[:colour], alpha, bit_depth, mode, path, list(notes or []), color or ColorInfo())
 
 
 # -- conversions for the Python API ----------------------------------------------------------------
@@ -261,7 +344,7 @@ def from_pil(im: PIL.Image.Image, path: Path | None = None) -> Image:
     notes: list[str] = []
     im.load()
     array, depth = _pil_array(im, notes)
-    return _to_image(array, depth, im.mode, path, notes)
+    return _to_image(array, depth, im.mode, path, notes, _color_info(im, array.shape[-1] <= 2, notes))
 
 
 def as_image(x) -> Image:
@@ -312,10 +395,15 @@ def to_pil(image: Image | torch.Tensor, alpha: torch.Tensor | None = None,
 
     Modes: L, LA, RGB, RGBA (8-bit), and I;16 for 16-bit grey without alpha. Pillow has no 16-bit
     colour or grey+alpha mode, so those become 8-bit. Values are clipped to [0,1] and rounded.
+    An Image's ICC profile goes into ``info["icc_profile"]`` (which Pillow's ``save`` writes).
     """
+    profile = image.color.icc_profile if isinstance(image, Image) else None
     if isinstance(image, Image):
         image, alpha, bit_depth = image.rgb, image.alpha, image.bit_depth
-    return _pil_from_hwc(_hwc(image, alpha), bit_depth)
+    im = _pil_from_hwc(_hwc(image, alpha), bit_depth)
+    if profile:
+        im.info["icc_profile"] = profile
+    return im
 
 
 def _pil_from_hwc(a: np.ndarray, bit_depth: int) -> PIL.Image.Image:
@@ -347,14 +435,15 @@ def _quantize(a: np.ndarray, bit_depth: int) -> np.ndarray:
 # -- writing ---------------------------------------------------------------------------------------
 def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
                 bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
-                overwrite: bool = True) -> Path:
+                overwrite: bool = True, color: ColorInfo | None = None) -> Path:
     """Write rgb (C,H,W) float in [0,1] (C=1 grey or 3 colour) and optional alpha (1,H,W) in [0,1].
 
     Values are clipped to [0,1] and rounded to uint8, or uint16 with ``bit_depth=16``. The format
     follows the extension (.png, .jpg/.jpeg at quality 95 with 4:4:4 chroma, .webp at quality 95, .bmp,
     .tif/.tiff; no extension: PNG). 16-bit is written for PNG (any channels) and greyscale TIFF
     without alpha; other targets fall back to 8-bit with a warning. JPEG and BMP cannot hold alpha:
-    it is dropped with a warning. Missing parent folders are created.
+    it is dropped with a warning. Missing parent folders are created. ``color`` (an input's ICC profile,
+    gamma and chromaticities) is written with the pixels: all of it in PNG, the ICC profile in the others.
 
     The write is atomic: a temporary file in the same folder is written, fsynced and renamed over
     ``path``; on any error it is removed and ``path`` is left untouched.
@@ -373,12 +462,13 @@ def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor 
     if bit_depth == 16 and fmt != "PNG" and not (fmt == "TIFF" and a.shape[-1] == 1):
         warnings.warn(f"{path}: 16-bit output needs PNG (or greyscale TIFF); writing 8-bit", stacklevel=2)
         bit_depth = 8
-    if bit_depth == 16 and fmt == "PNG":
-        data = _png_bytes([_quantize(a, 16)])
+    if fmt == "PNG" and (bit_depth == 16 or (color and color != ColorInfo())):
+        data = _png_bytes([_quantize(a, bit_depth)], color)
     else:
         im = _pil_from_hwc(a, bit_depth)
         buffer = io.BytesIO()
-        im.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+        profile = {"icc_profile": color.icc_profile} if color and color.icc_profile else {}
+        im.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}), **profile)
         data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)
@@ -390,12 +480,13 @@ def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.Path
     """Write an :class:`Image` (or anything :func:`as_image` accepts) keeping grey/colour, alpha and
     bit depth; see :func:`write_image` for formats, atomicity and the input-protection rule."""
     image = as_image(image)
-    return write_image(path, image.rgb, image.alpha, image.bit_depth, inputs=inputs, overwrite=overwrite)
+    return write_image(path, image.rgb, image.alpha, image.bit_depth, inputs=inputs, overwrite=overwrite,
+                       color=image.color)
 
 
 def write_image_rows(path: str | os.PathLike, rows: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
                      bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
-                     overwrite: bool = True) -> Path:
+                     overwrite: bool = True, color: ColorInfo | None = None) -> Path:
     """:func:`write_image` for an image given as row bands, top to bottom: ``(rgb, alpha)`` with rgb
     (C,n,W) float in [0,1] (C=1 or 3) and alpha (1,n,W) or None, e.g. from
     :meth:`flowsr.pipeline.Upscaler.upscale_image_rows`.
@@ -412,11 +503,11 @@ def write_image_rows(path: str | os.PathLike, rows: Iterable[tuple[torch.Tensor,
             raise ValueError(f"{path}: no rows to write")
         alpha = torch.cat([a for _, a in bands], dim=1) if bands[0][1] is not None else None
         return write_image(path, torch.cat([rgb for rgb, _ in bands], dim=1), alpha, bit_depth,
-                           inputs=inputs, overwrite=overwrite)
+                           inputs=inputs, overwrite=overwrite, color=color)
     _check_target(path, inputs, overwrite, bit_depth)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda handle: _write_png(handle, (_quantize(_hwc(rgb, alpha), bit_depth)
-                                                           for rgb, alpha in rows)))
+                                                           for rgb, alpha in rows), color))
     return path
 
 
@@ -439,29 +530,63 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` (bytes, or a function writing to a binary file) to a temporary file next to
-    ``path``, fsync, then rename it over ``path``."""
-    tmp = tempfile.NamedTemporaryFile(delete=False, dir=path.parent, prefix=f".{path.name}.",
-                                      suffix=path.suffix)
+    ``path``, fsync, then rename it over ``path``; the new file gets :data:`FILE_MODE`."""
+    fd, tmp = temporary_beside(path)
     try:
-        with tmp:
+        with open(fd, "wb") as handle:
             if callable(data):
-                data(tmp)
+                data(handle)
             else:
-                tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, FILE_MODE)
-        os.replace(tmp.name, path)
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), FILE_MODE)
+            os.replace(tmp, path)  # while still locked: no cleanup can take it for stale
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
+            os.unlink(tmp)
         raise
 
 
-def _png_bytes(bands: Iterable[np.ndarray]) -> bytes:
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """Create ``.<name>.<random>.flowsr.tmp`` beside ``path``: (open descriptor, its path). The file is
+    locked (``flock``) while the descriptor is open, which tells a live write from one a crash left
+    behind (:func:`remove_stale_temporaries`)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, tmp
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of atomic writes (``.<name>.<random>.flowsr.tmp``) that a killed
+    process left in ``folder``: those no live process holds locked. Returns the paths removed."""
+    folder = Path(folder)
+    if fcntl is None or not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(f".*{TEMP_SUFFIX}")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: being written now
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _png_bytes(bands: Iterable[np.ndarray], color: ColorInfo | None = None) -> bytes:
     """PNG file bytes of uint8/uint16 (n,W,C) row bands; see :func:`_write_png`."""
     buffer = io.BytesIO()
-    _write_png(buffer, bands)
+    _write_png(buffer, bands, color)
     return buffer.getvalue()
 
 
@@ -469,12 +594,19 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _write_png(handle: BinaryIO, bands: Iterable[np.ndarray]) -> None:
+def _write_png(handle: BinaryIO, bands: Iterable[np.ndarray], color: ColorInfo | None = None) -> None:
     """Write a PNG of row bands, top to bottom: uint8 or uint16 (n,W,C), C in 1..4 (grey, grey+alpha,
-    RGB, RGBA), to a seekable binary file. Each band is filtered (Sub) and compressed as it comes;
-    the header, which needs the height, is written last over a placeholder."""
+    RGB, RGBA), to a seekable binary file, with ``color`` as iCCP, gAMA and cHRM chunks. Each band is
+    filtered (Sub) and compressed as it comes; the header, which needs the height, is written last
+    over a placeholder."""
     start = handle.tell()
     handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", bytes(13)))
+    if color and color.icc_profile:
+        handle.write(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(color.icc_profile)))
+    if color and color.gamma:
+        handle.write(_png_chunk(b"gAMA", struct.pack(">I", round(color.gamma * 100000))))
+    if color and color.chromaticity and len(color.chromaticity) == 8:
+        handle.write(_png_chunk(b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in color.chromaticity))))
     compressor, pending, height, shape = zlib.compressobj(6), bytearray(), 0, None
     for band in bands:
         h, w, c = band.shape

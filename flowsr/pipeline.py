@@ -13,7 +13,6 @@ import hashlib
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,35 +20,22 @@ import torch
 import torch.nn.functional as F
 
 from flowsr import colorfix, samplers
+from flowsr import settings as rules
+from flowsr.catalog import WEIGHTS_DIR, bundled_models, default_model, model_path  # noqa: F401 (re-exported)
 from flowsr.checkpoint import ModelLoadError, load_model_dir
 from flowsr.config import ModelConfig
 from flowsr.flow import source, time_grid
 from flowsr.io import Image, as_image
 from flowsr.ops import imresize
+from flowsr.settings import Settings
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 LUMA = (0.299, 0.587, 0.114)
 NOISE_BAND = 64  # HR rows per band of source noise, each band drawn from its own seed
 AUTO_TILE = 256  # LR tile side of `flowsr upscale --tile 0` for large inputs ...
 AUTO_TILE_ABOVE = 512 * 512  # ... above this many LR pixels
 AUTO_TILE_SIDE = 2048  # ... or with a side longer than this
 MIN_TILE = 16  # out-of-memory retries halve the tile down to this side
-
-
-def bundled_models() -> dict[str, Path]:
-    """Names of the models shipped inside the package -> their directories."""
-    if not WEIGHTS_DIR.is_dir():
-        return {}
-    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file()}
-
-
-def default_model() -> str:
-    """The best bundled one-step model, or ``bicubic`` when none is shipped."""
-    names = bundled_models()
-    for name in ("oftsr-x4", "meanflow-x4"):  # measured: oftsr-x4 has the better LPIPS and PSNR at 1 NFE
-        if name in names:
-            return name
-    return "bicubic"
+MAX_ROW_BUFFERS = 2 * 1024**3  # bytes the streamed rows of one image may take (see row_buffer_bytes)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -75,17 +61,6 @@ def image_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(name).digest()[:8], "little") >> 1
 
 
-@dataclass
-class Settings:
-    """Sampling settings; ``None`` fields take the model's defaults."""
-
-    steps: int | None = None
-    t: float | None = None
-    guidance: float | None = None
-    sampler: str | None = None  # euler | heun (flow teachers)
-    color_fix: str = "none"  # none | wavelet | adain: match the output's colours to up(lq)
-
-
 class Upscaler:
     """A loaded model. ``config is None`` for the built-in bicubic baseline."""
 
@@ -97,6 +72,7 @@ class Upscaler:
         self.scale = config.scale if config else scale
         self.net = net.to(self.device) if net is not None else None
         self.max_tile = 0  # set after a CUDA out-of-memory error: the tile side that fits
+        self.max_row_buffers: int | None = MAX_ROW_BUFFERS  # None: no limit (see row_buffer_bytes)
         self.compile_mode = "none"
         if self.net is not None and self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -120,31 +96,17 @@ class Upscaler:
 
     # -- settings ------------------------------------------------------------------------------
     def resolve(self, settings: Settings) -> Settings:
-        """Fill defaults and check the settings make sense for this model kind."""
-        kind = self.config.kind if self.config else "bicubic"
+        """Fill defaults and check the settings make sense for this model kind (see
+        :func:`flowsr.settings.resolve`); raises ValueError."""
         cfg = self.config
-        steps = settings.steps if settings.steps is not None else (cfg.default_steps if cfg else 1)
-        t = settings.t if settings.t is not None else (cfg.default_t if cfg else 1.0)
-        guidance = settings.guidance if settings.guidance is not None else (
-            cfg.default_guidance if cfg else 1.0)
-        sampler = settings.sampler or ("euler" if kind == "flow" else None)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must be in [0, 1], got {t}")
-        if kind in ("bicubic", "regression", "oftsr") and steps != 1:
-            raise ValueError(f"{self.name} ({kind}) is a one-step model: steps must be 1, got {steps}")
-        if kind == "meanflow" and steps > 1 and t != 1.0:
-            raise ValueError("--t (the fidelity knob) applies to one-step sampling; use steps=1")
-        if kind == "flow" and settings.t is not None:
-            raise ValueError("--t applies to distilled students (oftsr, meanflow), not to a flow teacher")
-        if sampler not in (None, "euler", "heun"):
-            raise ValueError(f"sampler must be euler or heun, not {sampler!r}")
-        if kind not in ("oftsr", "meanflow"):
-            t = None  # the knob means nothing here; resolving twice gives the same settings
+        if cfg is None:
+            resolved = rules.resolve(settings, "bicubic", self.name)
+        else:
+            resolved = rules.resolve(settings, cfg.kind, self.name, cfg.default_steps, cfg.default_t,
+                                     cfg.default_guidance)
         if settings.color_fix not in colorfix.METHODS:
             raise ValueError(f"color_fix must be one of {', '.join(colorfix.METHODS)}, not {settings.color_fix!r}")
-        return Settings(steps=steps, t=t, guidance=guidance, sampler=sampler, color_fix=settings.color_fix)
+        return resolved
 
     def nfe(self, settings: Settings) -> int:
         """Network evaluations per image (CFG counts two per step; Heun two per step)."""
@@ -199,6 +161,11 @@ class Upscaler:
         height, width = lq.shape[-2:]
         if self.max_tile and (tile <= 0 or tile > self.max_tile) and max(height, width) > self.max_tile:
             tile = self.max_tile  # an earlier image ran out of GPU memory above this size
+        need = row_buffer_bytes(height, width, self.scale, tile, lq.shape[0] * lq.shape[1], self._needs_noise)
+        if self.max_row_buffers is not None and need > self.max_row_buffers:
+            raise ValueError(f"{width}x{height} is too wide to stream: its output rows would need about "
+                             f"{need / 2**30:.1f} GiB (limit {self.max_row_buffers / 2**30:g} GiB); crop it into "
+                             "narrower pieces, or pass --allow-large to try anyway")
         done = 0  # rows already yielded: a retry recomputes from the top but yields only the rest
         while True:
             noise = _SourceNoise(seed, lq.shape[0], width * self.scale) if self._needs_noise else None
@@ -261,7 +228,7 @@ class Upscaler:
         rgb = torch.cat([rgb for rgb, _ in bands], dim=1)
         alpha = torch.cat([alpha for _, alpha in bands], dim=1) if image.alpha is not None else None
         return Image(rgb=rgb, alpha=alpha, bit_depth=image.bit_depth, mode=image.mode, path=None,
-                     notes=list(image.notes))
+                     notes=list(image.notes), color=image.color)
 
     def upscale_image_rows(self, image: Image, settings: Settings | None = None, seed: int = 0,
                            tile: int = 0, tile_overlap: int = 16
@@ -328,6 +295,19 @@ def auto_tile(height: int, width: int) -> int:
     """The LR tile side ``flowsr upscale --tile 0`` uses: :data:`AUTO_TILE` for inputs over
     :data:`AUTO_TILE_ABOVE` pixels or with a side over :data:`AUTO_TILE_SIDE`, else 0 (untiled)."""
     return AUTO_TILE if height * width > AUTO_TILE_ABOVE or max(height, width) > AUTO_TILE_SIDE else 0
+
+
+def row_buffer_bytes(height: int, width: int, scale: int, tile: int, planes: int = 3, noise: bool = True) -> int:
+    """About the memory the streamed rows of a (planes, height, width) input take in :meth:`Upscaler.upscale_rows`
+    and on their way to the PNG encoder, besides the input and the network's activations: the accumulator
+    (one row of tiles high, the full output wide), the finished bands and their copies (float, then
+    quantised), and the full-width bands of source noise. It grows with the output width; an image too
+    wide for :data:`MAX_ROW_BUFFERS` is refused up front (a 1x8000000 PNG would need about 60 GB)."""
+    tiled = tile > 0 and (height > tile or width > tile)
+    rows = (min(tile, height) if tiled else height) * scale  # HR rows held at once
+    band = min(NOISE_BAND, rows) if tiled else rows  # HR rows handed on at once
+    noise_rows = 3 * (math.ceil(rows / NOISE_BAND) + 1) * NOISE_BAND if noise else 0
+    return 4 * width * scale * (planes * rows + 6 * planes * band + noise_rows)
 
 
 def source_noise(seed: int, band: int, batch: int, width: int) -> torch.Tensor:
@@ -417,15 +397,9 @@ def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto
 
     Raises :class:`flowsr.checkpoint.ModelLoadError` with a one-line message when it cannot.
     """
-    model = str(model)
-    if model == "default":
-        model = default_model()
-    if model == "bicubic":
+    path = model_path(model)
+    if path is None:
         return Upscaler(None, None, "bicubic", scale=scale or 4, device=device, dtype=dtype)
-    path = bundled_models().get(model, Path(model))
-    if not path.exists():
-        names = ", ".join(["bicubic", *bundled_models()])
-        raise ModelLoadError(f"{model}: no such model directory or bundled model (bundled: {names})")
     net, config = load_model_dir(path)
     if scale is not None and scale != config.scale:
         raise ModelLoadError(f"{path}: model is trained for x{config.scale}, not x{scale}")

@@ -8,6 +8,7 @@ exact same run (same crops, same noise, same loss sequence).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -166,20 +167,71 @@ def _validation_images(cfg: TrainConfig) -> list[np.ndarray]:
     return images
 
 
+LOCK_NAME = ".train.lock"  # held (flock) by the run using a directory, removed when it ends
+FIRST_FILES = {"train_config.json", "log.jsonl", "tensorboard", LOCK_NAME}  # a run's, before its first checkpoint
+
+
+class RunInUse(RuntimeError):
+    """Another ``flowsr train`` holds the run directory's lock."""
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     """Train ``cfg`` into ``out``; returns the model directory (``out`` itself).
 
     ``out`` receives ``model.safetensors`` + ``config.json`` (EMA weights), ``checkpoint.safetensors``
-    (everything to resume), ``log.jsonl`` and ``train_config.json``.
+    (everything to resume), ``log.jsonl`` and ``train_config.json``. ``out`` must be new, empty or a
+    run's (resumable with ``resume=True``); another directory, e.g. a model's, is refused, and so is
+    one that another run is using (the run holds a lock on ``out/.train.lock`` while it lives).
     """
     cfg.validate()
-    out = Path(out)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(Path(out)) if is_main else contextlib.nullcontext():
+        return _train(cfg, Path(out), resume)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold ``out/.train.lock`` (created with ``out``) for the block; RunInUse if another process has it."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunInUse(f"{out}: another flowsr train (pid {holder}) is using this directory; "
+                           "wait for it or choose another --out") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # else the previous holder removed the file between our open and flock: retry
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     rank, world, device = _setup_distributed(cfg.device)
     is_main = rank == 0
     checkpoint_path = out / "checkpoint.safetensors"
     if is_main and not resume and checkpoint_path.exists():
         raise FileExistsError(f"{out}: already holds a training run; pass --resume to continue it "
                               "or choose another --out")
+    others = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                    ) if is_main and out.is_dir() else []
+    if is_main and not checkpoint_path.exists() and not set(others) <= FIRST_FILES:
+        shown = ", ".join(n for n in others if n not in FIRST_FILES)
+        raise FileExistsError(f"{out}: not empty and not a training run (it holds {shown[:200]}); "
+                              "choose a new or empty --out")
     if resume and not checkpoint_path.exists():
         raise FileNotFoundError(f"{checkpoint_path}: nothing to resume")
     torch.manual_seed(cfg.seed * 1000 + rank)
