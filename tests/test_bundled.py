@@ -28,11 +28,11 @@ def test_bundled_models_load_by_name_and_the_default_is_one_step(capsys):
     assert "(default)" in out and all(name in out for name in names)
 
 
-def test_default_upscale_of_the_bundled_example(tmp_path):
+def test_default_upscale_of_the_bundled_examples(tmp_path):
     code = main(["upscale", "examples/", "-o", str(tmp_path)])
     assert code == 0
-    out = Image.open(tmp_path / "pattern.png")
-    assert out.size == (512, 384)
+    for name in ("cat.png", "coffee.png", "rocket.png"):
+        assert Image.open(tmp_path / name).size == (960, 640)
 
 
 def test_report_table_plot_and_grid(tmp_path, image_folder):
