@@ -163,9 +163,12 @@ class Upscaler:
             tile = self.max_tile  # an earlier image ran out of GPU memory above this size
         need = row_buffer_bytes(height, width, self.scale, tile, lq.shape[0] * lq.shape[1], self._needs_noise)
         if self.max_row_buffers is not None and need > self.max_row_buffers:
-            raise ValueError(f"{width}x{height} is too wide to stream: its output rows would need about "
-                             f"{need / 2**30:.1f} GiB (limit {self.max_row_buffers / 2**30:g} GiB); crop it into "
-                             "narrower pieces, or pass --allow-large to try anyway")
+            tiled = 0 < tile < max(height, width)
+            raise ValueError(f"{width}x{height} is too {'wide' if tiled else 'large'} to stream"
+                             f"{'' if tiled else ' untiled'}: its output rows would need about {need / 2**30:.1f} "
+                             f"GiB (limit {self.max_row_buffers / 2**30:g} GiB); "
+                             f"{'crop it into narrower pieces' if tiled else 'tile it (--tile 0)'}, "
+                             "or pass --allow-large to try anyway")
         done = 0  # rows already yielded: a retry recomputes from the top but yields only the rest
         while True:
             noise = _SourceNoise(seed, lq.shape[0], width * self.scale) if self._needs_noise else None
