@@ -282,8 +282,8 @@ def test_model_and_checkpoint_files_get_0666_less_the_umask(tmp_path):
     net = UNet(TINY)
     save_model_dir(tmp_path / "m", net, ModelConfig(kind="flow", scale=4, net=TINY))
     optimizer = torch.optim.AdamW(net.parameters())
-    save_training_checkpoint(tmp_path / "m" / "checkpoint.safetensors", net=net, ema=copy.deepcopy(net), optimizer=optimizer,
-                             step=1, meta={}, rng={})
+    save_training_checkpoint(tmp_path / "m" / "checkpoint.safetensors", net=net, ema=copy.deepcopy(net),
+                             optimizer=optimizer, step=1, meta={}, rng={})
     for name in ("model.safetensors", "config.json", "checkpoint.safetensors"):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
 
