@@ -47,6 +47,9 @@ class TrainConfig:
     degradation_config: str = ""  # YAML overrides for realesrgan
     crop: int = 64  # HR crop size in pixels
     batch_size: int = 16  # per process
+    data_mode: str = "auto"  # memory | stream | auto (memory up to data_memory_mb decoded, see flowsr.data)
+    data_memory_mb: float = 2048.0  # per process
+    num_workers: int = 4  # DataLoader processes decoding streamed images (0: in the training process)
     # optimisation
     max_steps: int = 2000
     time_limit: float = 0.0  # seconds; > 0: stop at this wall time, the LR decay finishing there too
@@ -102,6 +105,8 @@ class TrainConfig:
             (self.loss in ("l1", "l2"), "loss must be l1 or l2"),
             (self.time_sampler in ("uniform", "logit_normal", "mix"), "time_sampler: uniform | logit_normal | mix"),
             (self.degradation in ("bicubic", "realesrgan"), "degradation: bicubic | realesrgan"),
+            (self.data_mode in ("auto", "memory", "stream"), "data_mode: auto | memory | stream"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
             (0.0 <= self.sigma_p < 1.0, "sigma_p must be in [0, 1)"),
             (self.mf_target in ("teacher", "conditional"), "mf_target: teacher | conditional"),
             (all(0.0 <= p <= 1.0 for p in (self.p_equal, self.mf_p_grid, self.mf_student_states, self.p_drop)),

@@ -311,7 +311,7 @@ def test_eval_reports_patch_fid_kid_over_the_set(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fid,kid",
                  "--fid-patch", "32", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["results"][0]
     # 136 - 2*4 border = 128: 4 x 4 crops of 32 pixels per image, 2 images
     assert result["fid_patches"] == 32 and result["fid_patch"] == 32
     assert result["metrics"]["fid"] > 1 and np.isfinite(result["metrics"]["kid"])
