@@ -272,8 +272,8 @@ def cmd_upscale(args) -> int:
         settings = Settings(steps=args.steps, t=args.t, guidance=args.guidance, sampler=args.sampler,
                             color_fix=args.color_fix)
         model.resolve(settings)
-        processes = f", {place.world} processes" if place.world > 1 else ""
-        say(f"model {model.name} on {model.device}{processes}, NFE {model.nfe(settings)} per image")
+        each = f" (each of {place.world} processes)" if place.world > 1 else ""
+        say(f"model {model.name} on {model.device}{each}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
     bar = len(mine) > 1 and sys.stderr.isatty() and place.main
     begin = time.perf_counter()
@@ -300,8 +300,11 @@ def cmd_upscale(args) -> int:
     counts = distributed.all_gather((written, skipped, len(failed_here), time.perf_counter() - begin), place)
     written, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
     n_failed = len(failed) + sum(c[2] for c in counts)
-    rate = f" ({place.world} processes, {written / max(max(c[3] for c in counts), 1e-9):.2f} images/s)"
-    say(f"{written} written, {skipped} skipped, {n_failed} failed -> {output_dir}" + (rate if place.world > 1 else ""))
+    summary = f"{written} written, {skipped} skipped, {n_failed} failed -> {output_dir}"
+    if place.launched:  # under torchrun: the rate of the whole job, from the slowest rank's time
+        rate = written / max(max(c[3] for c in counts), 1e-9)
+        summary += f" ({place.world} process{'es' if place.world > 1 else ''}, {rate:.2f} images/s)"
+    say(summary)
     sys.stdout.flush()
     distributed.finish(place)
     return EXIT_FAILED if n_failed else 0
@@ -314,8 +317,7 @@ def cmd_eval(args) -> int:
     """Score models on a folder; under torchrun each rank scores every WORLD_SIZE-th image and rank 0
     prints and writes the results of the whole set."""
     from flowsr import distributed
-    from flowsr.evaluate import (Dataset, check_metrics, evaluate, format_table, load_dataset,
-                                 no_reference_metrics)
+    from flowsr.evaluate import Dataset, check_metrics, evaluate, format_table, load_dataset, no_reference_metrics
     from flowsr.pipeline import Settings, load
 
     place, device = distributed.start(args.device, args.threads)
@@ -373,7 +375,7 @@ def cmd_eval(args) -> int:
                     save = Path(args.save) / tag
                 rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
                                      tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
-                                     reference=reference))
+                                     reference=reference, place=place))
     if place.main:
         print(format_table(rows, verbose=args.verbose))
         if args.report:
@@ -383,7 +385,8 @@ def cmd_eval(args) -> int:
         for row in rows:
             row.pop("images", None)
         if args.json:
-            payload = {"dataset": dataset.name, "protocol": dataset.protocol, "results": rows}  # one layout, 1 or N rows
+            # one layout for one row or a sweep
+            payload = {"dataset": dataset.name, "protocol": dataset.protocol, "results": rows}
             from flowsr.checkpoint import atomic_write
 
             atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))

@@ -48,7 +48,7 @@ class TrainConfig:
     crop: int = 64  # HR crop size in pixels
     batch_size: int = 16  # per process
     data_mode: str = "auto"  # memory | stream | auto (memory up to data_memory_mb decoded, see flowsr.data)
-    data_memory_mb: float = 2048.0  # per process
+    data_memory_mb: float = 1024.0  # per process
     num_workers: int = 4  # DataLoader processes decoding streamed images (0: in the training process)
     # optimisation
     max_steps: int = 2000

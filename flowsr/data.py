@@ -165,7 +165,7 @@ class _From(torch.utils.data.Sampler):
 
 
 def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
-                 start: int = 0, mode: str = "auto", memory_mb: float = 2048, num_workers: int = 4,
+                 start: int = 0, mode: str = "auto", memory_mb: float = 1024, num_workers: int = 4,
                  pin_memory: bool = False) -> tuple[Iterator[torch.Tensor], str]:
     """Endless batches (B,3,crop,crop) uint8 of this rank's crops, from crop number ``start`` on, and
     one line saying what is fed and how.
@@ -198,8 +198,8 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
         Crops(items, crop, seed, rank, images), batch_size=batch_size, sampler=_From(start),
         num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
         generator=torch.Generator())  # its own generator: creating the loader leaves the global RNG alone
-    how = {"memory": "in memory", "stream": f"streamed by {workers} worker processes" if workers
-           else "streamed by the training process"}[chosen]
+    how = {"memory": "in memory", "stream": f"streamed by {workers} worker process{'es' if workers > 1 else ''}"
+           if workers else "streamed by the training process"}[chosen]
     line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
             f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})")
     return iter(loader), line

@@ -22,10 +22,14 @@ class Ranks:
     world: int = 1
     local_rank: int = 0
     local_world: int = 1
+    launched: bool = False  # started by torchrun (even with one process)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+ONE_PROCESS = Ranks()
 
 
 def ranks() -> Ranks:
@@ -33,7 +37,7 @@ def ranks() -> Ranks:
     env = os.environ
     world = int(env.get("WORLD_SIZE", "1"))
     return Ranks(int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")),
-                 int(env.get("LOCAL_WORLD_SIZE", str(world))))
+                 int(env.get("LOCAL_WORLD_SIZE", str(world))), "WORLD_SIZE" in env)
 
 
 def start(device: str = "auto", threads: int = 0) -> tuple[Ranks, str]:

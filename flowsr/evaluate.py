@@ -259,10 +259,10 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
     same source noise: ``ref_psnr_y`` (crop as the protocol) and ``ref_lpips``.
     Outputs of the images named in ``keep`` are returned under ``"images"`` (uint8 HWC; not JSON).
 
-    Under ``torchrun`` every rank calls this with its part of the set (``load_dataset(part=...)``):
-    the per-image rows (whatever keys they hold), the timings and the crops for fid/kid are gathered
-    on rank 0, which returns the row of the whole set, computed as one process computes it; the
-    other ranks return None.
+    Sharded (``place`` = :func:`flowsr.distributed.start`'s ranks under ``torchrun``): every rank
+    calls this with its part of the set (``load_dataset(part=(rank, world))``); the per-image rows
+    (whatever keys they hold), the timings and the crops for fid/kid are gathered on rank 0, which
+    returns the row of the whole set, computed as one process computes it; the other ranks return None.
     """
     resolved = upscaler.resolve(settings)
     check_metrics(metrics)

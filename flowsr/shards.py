@@ -27,7 +27,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with PIL.Image.open(path) as image:
             return image.height, image.width
     except Exception as error:  # Pillow raises many types for files that are not images
-        raise ValueError(f"{path}: not a readable image ({' '.join(str(error).split()) or type(error).__name__})")
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{path}: not a readable image ({detail})") from None
 
 
 def write_shards(source: str | Path, out: str | Path, shard_mb: float = 256, say=print) -> tuple[int, list[str]]:
