@@ -346,7 +346,7 @@ def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path,
     assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference", str(teacher_dir),
                  "--reference-steps", "1", "--reference-guidance", "1", "--json", str(out),
                  "--report", str(report)]) == 0
-    row = json.loads(out.read_text())
+    row = json.loads(out.read_text())["results"][0]
     assert row["reference"] == {"model": "teacher", "steps": 1, "guidance": 1.0}
     assert row["metrics"]["ref_psnr_y"] == float("inf") and row["metrics"]["ref_lpips"] < 1e-6
     assert all("ref_psnr_y" in image and "ref_lpips" in image for image in row["per_image"])
@@ -354,6 +354,6 @@ def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path,
 
     assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference",
                  str(teacher_dir), "--json", str(out)]) == 0
-    row = json.loads(out.read_text())
+    row = json.loads(out.read_text())["results"][0]
     assert row["reference"] == {"model": "teacher", "steps": 32, "guidance": 1.5}
     assert 10 < row["metrics"]["ref_psnr_y"] < 100 and row["metrics"]["ref_lpips"] > 0
