@@ -49,8 +49,7 @@ from pathlib import Path
 results, name = Path(sys.argv[1]), sys.argv[2]
 rows = []
 for part in sorted(results.glob(f"{name}-[0-9].json")):
-    data = json.loads(part.read_text())
-    rows += data["results"] if "results" in data else [data]
+    rows += json.loads(part.read_text())["results"]
 merged = {"dataset": rows[0]["dataset"], "protocol": rows[0]["protocol"], "results": rows}
 (results / f"eval-{name}.json").write_text(json.dumps(merged, indent=2) + "\n")
 print(f"wrote {results}/eval-{name}.json ({len(rows)} rows)")

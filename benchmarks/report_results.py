@@ -18,8 +18,8 @@ def main(results: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for path in sorted(results.glob("eval-*.json")):
-        data = json.loads(path.read_text())
-        rows = data["results"] if "results" in data else [data]
+        data = json.loads(path.read_text())  # `flowsr eval --json`: {"dataset", "protocol", "results": [rows]}
+        rows = data["results"] if "results" in data else [data]  # (archives from before that layout: one row)
         name = path.stem[len("eval-"):]
         device = rows[0]["device"]
         parts.append(f"#### {name} (x4, {rows[0]['protocol']} protocol, {rows[0]['n_images']} images; "

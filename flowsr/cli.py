@@ -1,4 +1,4 @@
-"""Command line: ``flowsr upscale | eval | train | degrade | models | bench``.
+"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | bench``.
 
 Every command reports a bad file in one line naming it, keeps processing the other files, and exits
 non-zero if anything failed.
@@ -51,6 +51,8 @@ def _add_runtime(parser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
     parser.add_argument("--color-fix", default="none", choices=["none", "wavelet", "adain"],
                         help="correct the output's colours against the bicubic-upsampled input")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: all cores, shared evenly by "
+                        "the processes of a node under torchrun")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
     ev.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
-    ev.add_argument("--data", required=True, help="folder of HR images, or with HR/ and LR/")
+    ev.add_argument("--data", required=True, help="folder of HR images, or with HR/ and LR/, or with LR/ alone")
+    ev.add_argument("--protocol", default="auto", choices=["auto", "synthetic", "paired", "no-reference"],
+                    help="auto: paired with HR/ and LR/, no-reference with LR/ alone (or a folder named LR), "
+                    "else synthetic; no-reference: the images are real LR photographs, scored by NIQE")
     ev.add_argument("--scale", type=_positive, default=4)
     ev.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
     ev.add_argument("--t", type=_floats, default=None, help="list, e.g. 0,0.5,1 (students)")
@@ -110,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true")
     tr.add_argument("--config", default=None, help="YAML file of overrides (keys are config fields)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=500 data=DIR")
+
+    sh = commands.add_parser("shard", help="pack a training folder into tar shards + index.json (train data=SHARDS)")
+    sh.add_argument("source", help="folder of training images (recursive)")
+    sh.add_argument("-o", "--output", required=True, help="shard folder to write")
+    sh.add_argument("--shard-size", type=_positive, default=256, help="MB of image files per shard")
 
     dg = commands.add_parser("degrade", help="make LR images from HR images")
     dg.add_argument("-i", "--input", required=True, help="HR folder or file")
@@ -147,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "degrade": cmd_degrade,
+    handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
                "models": cmd_models, "bench": cmd_bench,
                "serve": _serve}[args.command]
     try:
@@ -243,7 +253,13 @@ def check_model_arguments(spec: str, settings) -> None:
     rules.resolve(settings, kind, path.resolve().name or str(data.get("name")), *defaults)
 
 
+def _quiet(*args, **kwargs) -> None:
+    """What ranks other than 0 say about the whole job (rank 0 says it once)."""
+
+
 def cmd_upscale(args) -> int:
+    """Upscale the inputs; under torchrun each rank takes every WORLD_SIZE-th of them (see
+    :mod:`flowsr.distributed`) and rank 0 prints the merged summary."""
     from flowsr.settings import Settings
 
     output_dir = Path(args.output)
@@ -255,6 +271,7 @@ def cmd_upscale(args) -> int:
 
     from tqdm import tqdm
 
+    from flowsr import distributed
     from flowsr.io import (
         DEFAULT_MAX_PIXELS,
         ImageReadError,
@@ -265,12 +282,15 @@ def cmd_upscale(args) -> int:
     )
     from flowsr.pipeline import auto_tile, image_seed, load
 
-    for stale in remove_stale_temporaries(output_dir):
-        _say(f"note: removed {stale}, the temporary file of a write that was interrupted")
+    place, device = distributed.start(args.device, args.threads)
+    say = _say if place.main else _quiet
+    if place.main:
+        for stale in remove_stale_temporaries(output_dir):
+            _say(f"note: removed {stale}, the temporary file of a write that was interrupted")
     failed: list[str] = []
     for path in args.inputs:
         if not Path(path).exists():
-            _say(f"error: {path}: no such file or folder", error=True)
+            say(f"error: {path}: no such file or folder", error=True)
             failed.append(path)
     paths, resolved = [], set()
     for path in list_images([p for p in args.inputs if Path(p).exists()]):
@@ -278,7 +298,8 @@ def cmd_upscale(args) -> int:
             paths.append(path)
             resolved.add(path.resolve())
     if not paths:
-        _say("error: no input images found", error=True)
+        say("error: no input images found", error=True)
+        distributed.finish(place)
         return EXIT_FAILED
     # never overwrite an input (same name, a symlink or a hard link to it), never write one output twice
     input_ids = {_file_id(p) for p in paths} - {None}
@@ -294,12 +315,13 @@ def cmd_upscale(args) -> int:
             targets[path] = target
             owner[target] = path
             continue
-        _say(f"error: {path}: {problem}", error=True)
+        say(f"error: {path}: {problem}", error=True)
         failed.append(str(path))
-    written, skipped = 0, 0
+    mine = dict(list(targets.items())[place.rank::place.world])  # this rank's share of the sorted inputs
+    written, skipped, failed_here = 0, 0, []
     if targets:
         try:
-            model = load(args.model, device=args.device, dtype=args.dtype)
+            model = load(args.model, device=device, dtype=args.dtype)
         except (RuntimeError, MemoryError) as error:  # e.g. a config.json asking for a huge network
             from flowsr.checkpoint import ModelLoadError
 
@@ -308,11 +330,13 @@ def cmd_upscale(args) -> int:
         if args.allow_large:
             model.max_row_buffers = None
         model.resolve(settings)
-        print(f"model {model.name} on {model.device}, NFE {model.nfe(settings)} per image")
+        each = f" (each of {place.world} processes)" if place.world > 1 else ""
+        say(f"model {model.name} on {model.device}{each}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
-    bars = sys.stderr.isatty()  # progress bars on a terminal, one line per image otherwise
-    for index, (path, target) in enumerate(tqdm(targets.items(), desc="upscale", unit="img",
-                                                disable=not (bars and len(targets) > 1)), 1):
+    bars = sys.stderr.isatty() and place.main  # progress bars on a terminal, one line per image otherwise
+    begin = time.perf_counter()
+    for index, (path, target) in enumerate(tqdm(mine.items(), desc="upscale", unit="img",
+                                                disable=not (bars and len(mine) > 1)), 1):
         if args.skip_existing and target.exists():
             skipped += 1
             continue
@@ -330,7 +354,7 @@ def cmd_upscale(args) -> int:
             for note in image.notes:
                 _say(f"note: {path}: {note}")
             if not bars:
-                _say(f"[{index}/{len(targets)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
+                _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
                      f"{height * model.scale}, {time.perf_counter() - started:.1f} s)")
             written += 1
         except (ImageReadError, ValueError, OSError, MemoryError, RuntimeError) as error:
@@ -338,9 +362,18 @@ def cmd_upscale(args) -> int:
             if isinstance(error, MemoryError) or "out of memory" in detail.lower():
                 detail = f"out of memory ({detail})"
             _say(f"error: {detail}" if str(path) in detail else f"error: {path}: {detail}", error=True)
-            failed.append(str(path))
-    _say(f"{written} written, {skipped} skipped, {len(failed)} failed -> {output_dir}")
-    return EXIT_FAILED if failed else 0
+            failed_here.append(str(path))
+    counts = distributed.all_gather((written, skipped, len(failed_here), time.perf_counter() - begin), place)
+    written, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    n_failed = len(failed) + sum(c[2] for c in counts)
+    summary = f"{written} written, {skipped} skipped, {n_failed} failed -> {output_dir}"
+    if place.launched:  # under torchrun: the rate of the whole job, from the slowest rank's time
+        rate = written / max(max(c[3] for c in counts), 1e-9)
+        summary += f" ({place.world} process{'es' if place.world > 1 else ''}, {rate:.2f} images/s)"
+    say(summary)
+    sys.stdout.flush()
+    distributed.finish(place)
+    return EXIT_FAILED if n_failed else 0
 
 
 def _counted(rows, bar):
@@ -354,38 +387,51 @@ def _counted(rows, bar):
 
 
 def cmd_eval(args) -> int:
-    from flowsr.evaluate import check_metrics, evaluate, format_table, load_dataset
+    """Score models on a folder; under torchrun each rank scores every WORLD_SIZE-th image and rank 0
+    prints and writes the results of the whole set."""
+    from flowsr import distributed
+    from flowsr.evaluate import Dataset, check_metrics, evaluate, format_table, load_dataset, no_reference_metrics
     from flowsr.pipeline import Settings, load
 
+    place, device = distributed.start(args.device, args.threads)
+    say = print if place.main else _quiet
     metrics = check_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.json:
         _refuse_an_input(Path(args.json), args.data, "--json")
-    dataset = load_dataset(args.data, args.scale)
-    for message in dataset.errors:
-        print(f"error: {message}", file=sys.stderr)
-    if not dataset.samples:
-        print(f"error: {args.data}: no image could be evaluated", file=sys.stderr)
+    dataset = load_dataset(args.data, args.scale, args.protocol, part=(place.rank, place.world))
+    errors = [e for part in distributed.all_gather(dataset.errors, place) for e in part]
+    n_samples = sum(distributed.all_gather(len(dataset.samples), place))
+    for message in errors:
+        say(f"error: {message}", file=sys.stderr)
+    if not n_samples:
+        say(f"error: {args.data}: no image could be evaluated", file=sys.stderr)
+        distributed.finish(place)
         return EXIT_FAILED
-    border = f"crop_border={dataset.crop_border}"
-    print(f"dataset {dataset.name}: {len(dataset.samples)} images, {dataset.protocol} protocol "
-          f"(x{args.scale}, {border}, PSNR/SSIM on Y)")
+    if dataset.protocol == "no-reference":
+        metrics, dropped = no_reference_metrics(metrics)
+        if dropped:
+            say(f"note: {dataset.name} has no ground truth: {', '.join(dropped)} not computed")
+        say(f"dataset {dataset.name}: {n_samples} images, no-reference protocol (x{args.scale} upscaled, "
+            f"{', '.join(metrics)} on the outputs)")
+    else:
+        say(f"dataset {dataset.name}: {n_samples} images, {dataset.protocol} protocol "
+            f"(x{args.scale}, crop_border={dataset.crop_border}, PSNR/SSIM on Y)")
     grid = [g.strip() for g in args.grid.split(",")] if args.grid else []
-    unknown = sorted(set(grid) - {s.name for s in dataset.samples})
+    unknown = sorted(set(grid) - set(dataset.names))
     if unknown:
         raise ValueError(f"--grid: {unknown} not in {args.data}")
     reference = None
     if args.reference:
         from flowsr.evaluate import Reference
-
         from flowsr.perceptual import _PIP_LPIPS, available_metrics
 
-        reference = Reference(load(args.reference, device=args.device, dtype=args.dtype, scale=args.scale),
+        reference = Reference(load(args.reference, device=device, dtype=args.dtype, scale=args.scale),
                               steps=args.reference_steps, guidance=args.reference_guidance)
         if "lpips_alex" not in available_metrics():
-            print(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
+            say(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
     rows = []
     for spec in args.model:
-        model = load(spec, device=args.device, dtype=args.dtype, scale=args.scale)
+        model = load(spec, device=device, dtype=args.dtype, scale=args.scale)
         kind = model.config.kind if model.config else "bicubic"
         steps_list = args.steps or [None]
         t_list = (args.t or [None]) if kind in ("oftsr", "meanflow") else [None]
@@ -403,20 +449,25 @@ def cmd_eval(args) -> int:
                     save = Path(args.save) / tag
                 rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
                                      tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
-                                     reference=reference))
-    print(format_table(rows, verbose=args.verbose))
-    if args.report:
-        write_report(Path(args.report), rows, dataset, grid)
-    for row in rows:
-        row.pop("images", None)
-    if args.json:
-        payload = rows[0] if len(rows) == 1 else {"dataset": dataset.name, "protocol": dataset.protocol,
-                                                 "results": rows}
-        from flowsr.checkpoint import atomic_write
+                                     reference=reference, place=place))
+    if place.main:
+        print(format_table(rows, verbose=args.verbose))
+        if args.report:
+            grid_set = load_dataset(args.data, args.scale, dataset.protocol, only=set(grid)) if grid else dataset
+            write_report(Path(args.report), rows, Dataset(dataset.name, dataset.protocol, dataset.crop_border,
+                                                          grid_set.samples), grid)
+        for row in rows:
+            row.pop("images", None)
+        if args.json:
+            # one layout for one row or a sweep
+            payload = {"dataset": dataset.name, "protocol": dataset.protocol, "results": rows}
+            from flowsr.checkpoint import atomic_write
 
-        atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
-        print(f"wrote {args.json}")
-    return EXIT_FAILED if dataset.errors else 0
+            atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+            print(f"wrote {args.json}")
+    sys.stdout.flush()
+    distributed.finish(place)
+    return EXIT_FAILED if errors else 0
 
 
 def _refuse_an_input(target: Path, data: str, option: str) -> None:
@@ -447,12 +498,14 @@ def write_report(directory: Path, rows: list[dict], dataset, grid: list[str]) ->
             written.append("knob.png")
         for name in grid:
             sample = next(s for s in dataset.samples if s.name == name)
-            up = imresize(sample.lq, size=sample.gt.shape[:2])
+            shape = rows[0]["images"][name].shape[:2]  # the HR size
+            up = imresize(sample.lq, size=shape)
             panels = [("LR", sample.lq), ("bicubic", up)]
             panels += [(report.label(r), r["images"][name]) for r in rows if r["kind"] != "bicubic"]
-            panels.append(("HR", sample.gt))
-            size = min(96, *sample.gt.shape[:2])
-            box = ((sample.gt.shape[0] - size) // 2, (sample.gt.shape[1] - size) // 2, size)
+            if sample.gt is not None:
+                panels.append(("HR", sample.gt))
+            size = min(96, *shape)
+            box = ((shape[0] - size) // 2, (shape[1] - size) // 2, size)
             report.comparison_grid(panels, directory / f"grid_{Path(name).stem}.png", box)
             written.append(f"grid_{Path(name).stem}.png")
     except ImportError:
@@ -478,6 +531,19 @@ def cmd_train(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+# -- shard -----------------------------------------------------------------------------------------
+
+
+def cmd_shard(args) -> int:
+    from flowsr.shards import write_shards
+
+    count, errors = write_shards(args.source, args.output, args.shard_size, say=_say)
+    for message in errors:
+        _say(f"error: {message}", error=True)
+    _say(f"{count} images written, {len(errors)} failed -> {args.output}")
+    return EXIT_FAILED if errors else 0
 
 
 # -- degrade ---------------------------------------------------------------------------------------

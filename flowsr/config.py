@@ -49,6 +49,9 @@ class TrainConfig:
     degradation_config: str = ""  # YAML overrides for realesrgan
     crop: int = 64  # HR crop size in pixels
     batch_size: int = 16  # per process
+    data_mode: str = "auto"  # memory | stream | auto (memory up to data_memory_mb decoded, see flowsr.data)
+    data_memory_mb: float = 1024.0  # per process
+    num_workers: int = 4  # DataLoader processes decoding streamed images (0: in the training process)
     # optimisation
     max_steps: int = 2000
     time_limit: float = 0.0  # seconds; > 0: stop at this wall time, the LR decay finishing there too
@@ -106,6 +109,8 @@ class TrainConfig:
             (self.loss in ("l1", "l2"), "loss must be l1 or l2"),
             (self.time_sampler in ("uniform", "logit_normal", "mix"), "time_sampler: uniform | logit_normal | mix"),
             (self.degradation in ("bicubic", "realesrgan"), "degradation: bicubic | realesrgan"),
+            (self.data_mode in ("auto", "memory", "stream"), "data_mode: auto | memory | stream"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
             (0.0 <= self.sigma_p < 1.0, "sigma_p must be in [0, 1)"),
             (self.mf_target in ("teacher", "conditional"), "mf_target: teacher | conditional"),
             (all(0.0 <= p <= 1.0 for p in (self.p_equal, self.mf_p_grid, self.mf_student_states, self.p_drop)),
@@ -296,7 +301,8 @@ def _tiny(**kw) -> TrainConfig:
 
 def _gpu(**kw) -> TrainConfig:
     base = dict(net=NetConfig(**GPU_NET), crop=128, batch_size=32, max_steps=20000, lr=3e-4,
-                time_sampler="uniform", weighting="endpoint", warmup=500, ema=0.999, val_every=1000, ckpt_every=1000, val_images=5)
+                time_sampler="uniform", weighting="endpoint", warmup=500, ema=0.999, val_every=1000,
+                ckpt_every=1000, val_images=5)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -1,19 +1,38 @@
-"""Training data: HR images held in memory, random crops with flips/rotations, on-the-fly degradation.
+"""Training data: HR crops with random flips and rotations, read in memory or streamed from disk.
 
-HR crops are drawn on the CPU from a dedicated ``torch.Generator`` (its state is checkpointed, so a
-resumed run sees the same crops), then moved to the training device where the LR image is made
-(MATLAB-style bicubic by default, or the Real-ESRGAN pipeline) and upsampled back to be the condition.
+The crops are a pure function of (seed, rank, crop number). Crop number ``n`` of a rank comes from
+epoch ``n // N`` over the rank's N images, visited in an order drawn from (seed, rank, epoch), at a
+place and orientation drawn from (seed, rank, n). So a run is the same whatever the number of loader
+workers, and ``--resume`` restarts the stream at the crop the checkpoint reached: the same crops an
+uninterrupted run sees. Under DDP, rank r of W takes images r, r + W, r + 2W, ... of the sorted list.
+
+Two ways to feed the crops, the same crops either way (``data_mode``):
+
+- ``memory``: the rank's images are decoded once into uint8 tensors and cropped in the training
+  process; fastest while they fit (``auto`` picks it up to ``data_memory_mb`` of decoded pixels);
+- ``stream``: ``DataLoader`` worker processes read and decode each image when its crop is due and
+  work ahead of the step (pinned memory on CUDA); memory does not grow with the set.
+
+Images are files under a folder, or members of the tar shards ``flowsr shard`` writes (a folder with
+``index.json``). The LR image is made from the HR crop on the training device (:func:`make_batch`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from flowsr.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from flowsr import shards
+from flowsr.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_bytes
 from flowsr.ops import imresize
+
+DATA_MODES = ("auto", "memory", "stream")
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -24,57 +43,166 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def load_images(root: str | Path, min_size: int) -> list[torch.Tensor]:
-    """Read every image under ``root`` as a uint8 (3,H,W) tensor; grey is replicated to RGB.
+class Item(NamedTuple):
+    """One training image: a file (``length`` -1), or ``length`` bytes at ``offset`` in a tar shard."""
 
-    Images smaller than ``min_size`` on either side, or unreadable, are skipped with a warning.
+    path: str
+    offset: int
+    length: int
+    height: int
+    width: int
+    name: str  # for messages: the file, or "shard.tar:member"
+
+
+def list_items(data: str | Path, min_size: int, rank: int = 0, world: int = 1) -> tuple[list[Item], list[str]]:
+    """Rank ``rank`` of ``world``'s share of the images under ``data`` (a folder, or a shard folder),
+    those at least ``min_size`` pixels on both sides; and why the others were skipped.
+
+    Sizes come from the shard index or the file headers (nothing is decoded here).
     """
-    images, skipped = [], []
-    for path in find_images(root):
+    root = Path(data)
+    if (root / shards.INDEX).is_file():
+        entries = shards.read_index(root)[rank::world]
+        items = [Item(str(root / e["shard"]), e["offset"], e["length"], e["height"], e["width"],
+                      f"{root / e['shard']}:{e['name']}") for e in entries]
+        skipped = []
+    else:
+        items, skipped = [], []
+        for path in find_images(root)[rank::world]:
+            try:
+                height, width = shards.image_size(path)
+            except ValueError as error:
+                skipped.append(str(error))
+                continue
+            items.append(Item(str(path), 0, -1, height, width, str(path)))
+    skipped += [f"{item.name}: smaller than the {min_size}px crop" for item in items
+                if min(item.height, item.width) < min_size]
+    return [item for item in items if min(item.height, item.width) >= min_size], skipped
+
+
+def read_item(item: Item, min_size: int = 0) -> torch.Tensor:
+    """Decode an :class:`Item` as a uint8 (3,H,W) tensor (grey replicated to RGB); ImageReadError if
+    it cannot be read or is smaller than ``min_size``."""
+    if item.length < 0:
+        image = read_image(item.path)
+    else:
         try:
-            image = read_image(path)
-        except ImageReadError as error:
-            skipped.append(str(error))
-            continue
-        rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
-        if min(rgb.shape[-2:]) < min_size:
-            skipped.append(f"{path}: smaller than the {min_size}px crop")
-            continue
-        images.append((rgb * 255).round().to(torch.uint8))
+            with open(item.path, "rb") as handle:
+                handle.seek(item.offset)
+                data = handle.read(item.length)
+        except OSError as error:
+            raise ImageReadError(f"{item.name}: cannot read shard ({error.strerror or error})") from error
+        if len(data) != item.length:
+            raise ImageReadError(f"{item.name}: shard is shorter than its index says")
+        image = read_image_bytes(data, item.name)
+    rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
+    if min(rgb.shape[-2:]) < min_size:
+        raise ImageReadError(f"{item.name}: smaller than the {min_size}px crop")
+    return (rgb * 255).round().to(torch.uint8)
+
+
+def _generator(*key) -> torch.Generator:
+    """A CPU generator seeded from ``key`` (e.g. seed, rank, "crop", n) through SHA-256."""
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class Crops(torch.utils.data.Dataset):
+    """Crop number ``n`` of one rank, ``crops[n]``: (3, crop, crop) uint8, randomly flipped and rotated
+    by multiples of 90 degrees (see the module docstring).
+
+    ``images``: the items decoded (memory mode), or None to read each image when its crop is due. An
+    image that fails to decode then is reported and replaced by the next one in the epoch's order.
+    """
+
+    def __init__(self, items: list[Item], crop: int, seed: int, rank: int = 0,
+                 images: list[torch.Tensor] | None = None):
+        self.items, self.crop, self.seed, self.rank, self.images = items, crop, seed, rank, images
+        self._epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The order the rank's images are visited in during ``epoch``."""
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(len(self.items), generator=_generator(self.seed, self.rank, "epoch", epoch))
+        return self._order
+
+    def _image(self, epoch: int, slot: int) -> torch.Tensor:
+        order = self.order(epoch)
+        if self.images is not None:
+            return self.images[int(order[slot])]
+        for step in range(len(order)):
+            item = self.items[int(order[(slot + step) % len(order)])]
+            try:
+                return read_item(item, self.crop)
+            except ImageReadError as error:
+                print(f"warning: {error}; using the next image", flush=True)
+        raise ImageReadError(f"none of the {len(order)} training images could be read")
+
+    def __getitem__(self, n: int) -> torch.Tensor:
+        image = self._image(*divmod(n, len(self.items)))
+        generator = _generator(self.seed, self.rank, "crop", n)
+
+        def draw(high: int) -> int:
+            return int(torch.randint(high, (1,), generator=generator))
+
+        top = draw(image.shape[1] - self.crop + 1)
+        left = draw(image.shape[2] - self.crop + 1)
+        patch = image[:, top:top + self.crop, left:left + self.crop]
+        if draw(2):
+            patch = patch.flip(-1)
+        return torch.rot90(patch, draw(4), dims=(1, 2)).contiguous()
+
+
+class _From(torch.utils.data.Sampler):
+    """Crop numbers ``start, start + 1, ...`` forever."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
+
+
+def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
+                 start: int = 0, mode: str = "auto", memory_mb: float = 1024, num_workers: int = 4,
+                 pin_memory: bool = False) -> tuple[Iterator[torch.Tensor], str]:
+    """Endless batches (B,3,crop,crop) uint8 of this rank's crops, from crop number ``start`` on, and
+    one line saying what is fed and how.
+
+    ``mode``: "memory", "stream", or "auto" (memory while the rank's images take at most
+    ``memory_mb`` MB decoded). Streaming decodes in ``num_workers`` DataLoader processes (0: in this
+    one). Unusable images are skipped with a warning; none at all is a ValueError.
+    """
+    if mode not in DATA_MODES:
+        raise ValueError(f"data_mode must be one of {', '.join(DATA_MODES)}, not {mode!r}")
+    items, skipped = list_items(data, crop, rank, world)
+    decoded_mb = sum(3 * item.height * item.width for item in items) / 2**20
+    chosen = mode if mode != "auto" else ("memory" if decoded_mb <= memory_mb else "stream")
+    images = None
+    if chosen == "memory":
+        images, kept = [], []
+        for item in items:
+            try:
+                images.append(read_item(item, crop))
+                kept.append(item)
+            except ImageReadError as error:
+                skipped.append(str(error))
+        items = kept
     for message in skipped:
         print(f"warning: skipped {message}")
-    if not images:
-        raise ValueError(f"{root}: no usable training images (need images of at least {min_size}px)")
-    return images
-
-
-class RandomCrops:
-    """Endless random HR crops (B,3,crop,crop) uint8 with random flips and 90-degree rotations."""
-
-    def __init__(self, images: list[torch.Tensor], crop: int, batch_size: int, seed: int):
-        self.images, self.crop, self.batch_size = images, crop, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def _randint(self, high: int) -> int:
-        return int(torch.randint(high, (1,), generator=self.generator))
-
-    def next(self) -> torch.Tensor:
-        crops = []
-        for _ in range(self.batch_size):
-            image = self.images[self._randint(len(self.images))]
-            top = self._randint(image.shape[1] - self.crop + 1)
-            left = self._randint(image.shape[2] - self.crop + 1)
-            patch = image[:, top : top + self.crop, left : left + self.crop]
-            if self._randint(2):
-                patch = patch.flip(-1)
-            crops.append(torch.rot90(patch, self._randint(4), dims=(1, 2)))
-        return torch.stack(crops)
-
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def set_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+    if not items:
+        raise ValueError(f"{data}: no usable training images (need images of at least {crop}px)")
+    workers = num_workers if chosen == "stream" else 0
+    loader = torch.utils.data.DataLoader(
+        Crops(items, crop, seed, rank, images), batch_size=batch_size, sampler=_From(start),
+        num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        generator=torch.Generator())  # its own generator: creating the loader leaves the global RNG alone
+    how = {"memory": "in memory", "stream": f"streamed by {workers} worker process{'es' if workers > 1 else ''}"
+           if workers else "streamed by the training process"}[chosen]
+    line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
+            f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})")
+    return iter(loader), line
 
 
 def quantize(image: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 The loop never branches on the objective: ``build_loss`` binds the objective's hyper-parameters (and
 the frozen teacher, for distillation) into a ``loss_fn(net, batch) -> (loss, logs)``.
-Checkpoints hold the model, EMA, optimizer, step and every RNG state, so ``--resume`` continues the
-exact same run (same crops, same noise, same loss sequence).
+Checkpoints hold the model, EMA, optimizer, step, every RNG state and how many crops each rank has
+drawn, so ``--resume`` continues the exact same run (same crops, same noise, same loss sequence),
+whether the crops come from memory or are streamed by loader workers (``flowsr.data``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from flowsr.checkpoint import (
     save_training_checkpoint,
 )
 from flowsr.config import ModelConfig, TrainConfig
-from flowsr.data import load_images, make_batch, uint8_hwc
+from flowsr.data import crop_batches, make_batch, uint8_hwc
 from flowsr.io import read_image
 from flowsr.metrics import psnr
 from flowsr.nets import UNet, count_parameters
@@ -103,10 +104,12 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _rng_state(device: torch.device, crops) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "crops": crops.state()}
+def _rng_state(device: torch.device, degrade_generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    if degrade_generator is not None:
+        state["degrade"] = degrade_generator.get_state()
     return state
 
 
@@ -119,11 +122,12 @@ def _gather_rng(state: dict[str, torch.Tensor], world: int) -> dict[str, torch.T
     return {f"{k}.{r}": v for r, s in enumerate(gathered) for k, v in s.items()}
 
 
-def _restore_rng(rng: dict[str, torch.Tensor], rank: int, device, crops) -> None:
+def _restore_rng(rng: dict[str, torch.Tensor], rank: int, device, degrade_generator) -> None:
     torch.set_rng_state(rng[f"torch.{rank}"])
-    crops.set_state(rng[f"crops.{rank}"])
     if device.type == "cuda" and f"cuda.{rank}" in rng:
         torch.cuda.set_rng_state(rng[f"cuda.{rank}"], device)
+    if degrade_generator is not None and f"degrade.{rank}" in rng:
+        degrade_generator.set_state(rng[f"degrade.{rank}"])
 
 
 def load_trained(spec: str, device) -> tuple[UNet, ModelConfig]:
@@ -262,11 +266,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                   weight_decay=cfg.weight_decay)
     loss_fn = build_loss(cfg, teacher)
 
-    from flowsr.data import RandomCrops
-
-    crops = RandomCrops(load_images(cfg.data, cfg.crop), cfg.crop, cfg.batch_size,
-                        seed=cfg.seed * 1000 + rank)
-    degrade = None
+    degrade, deg_generator = None, None
     if cfg.degradation == "realesrgan":
         from flowsr.degradations import RealESRGANConfig
         from flowsr.degradations import degrade as realesrgan
@@ -276,11 +276,16 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         deg_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1)
         degrade = partial(realesrgan, cfg=deg_cfg, scale=cfg.scale, generator=deg_generator)
 
-    start, wall_before = 0, 0.0
+    start, wall_before, crops_before = 0, 0.0, 0
     if resume:
         start, meta, rng = load_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer)
-        _restore_rng(rng, rank, device, crops)
+        _restore_rng(rng, rank, device, deg_generator)
         wall_before = meta.get("wall_seconds", 0.0)
+        crops_before = meta.get("crops_seen", start * cfg.batch_size)
+    # the crop stream restarts where the checkpoint left it (the crops are a function of their number)
+    batches, data_line = crop_batches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, rank=rank, world=world,
+                                      start=crops_before, mode=cfg.data_mode, memory_mb=cfg.data_memory_mb,
+                                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -301,9 +306,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     if is_main:
         print(f"training {cfg.preset} ({cfg.objective}) on {device} x{world}: "
               f"{count_parameters(net) / 1e6:.2f} M parameters, steps {start} -> {cfg.max_steps}")
+        print(data_line)
 
     def save(step: int, wall: float) -> None:
-        rng = _gather_rng(_rng_state(device, crops), world)
+        rng = _gather_rng(_rng_state(device, deg_generator), world)
         if not is_main:
             return
         training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
@@ -314,8 +320,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         if cfg.init:  # totals over this run and the runs behind the init model
             training.update(steps_total=before["steps"] + step,
                             wall_seconds_total=round(before["wall_seconds"] + wall, 1))
+        crops_seen = crops_before + (step - start) * cfg.batch_size
         save_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer, step=step,
-                                 meta={"wall_seconds": wall, "config": asdict(cfg)}, rng=rng)
+                                 meta={"wall_seconds": wall, "crops_seen": crops_seen, "config": asdict(cfg)},
+                                 rng=rng)
         save_model_dir(out, ema, model_config(cfg, training))
 
     started = time.perf_counter()
@@ -331,7 +339,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, elapsed)
-        batch = make_batch(crops.next(), cfg.scale, device, degrade)
+        batch = make_batch(next(batches), cfg.scale, device, degrade)
         if device.type == "cuda" and cfg.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -362,6 +370,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
             progress.write(f"step {done}: validation PSNR-Y {score:.2f} dB")
     if start >= cfg.max_steps and is_main:
         print(f"{out}: already trained to step {start} (max_steps={cfg.max_steps})")
+    del batches  # stops the loader's worker processes
     if writer is not None:
         writer.close()
     if world > 1:

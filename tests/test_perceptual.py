@@ -313,7 +313,7 @@ def test_eval_reports_patch_fid_kid_over_the_set(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["eval", "--model", "bicubic", "--data", str(folder), "--metrics", "psnr,fid,kid",
                  "--fid-patch", "32", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["results"][0]
     # 136 - 2*4 border = 128: 4 x 4 crops of 32 pixels per image, 2 images
     assert result["fid_patches"] == 32 and result["fid_patch"] == 32
     assert result["metrics"]["fid"] > 1 and np.isfinite(result["metrics"]["kid"])
@@ -330,10 +330,11 @@ def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path,
     """A student that equals its teacher's first Euler step scores inf dB / 0 LPIPS against the 1-step
     teacher (same source noise per image), finite against the 32-step one; guidance defaults to the
     student's distillation guidance."""
+    from test_pipeline import make_model
+
     from flowsr.checkpoint import load_model_dir, save_model_dir
     from flowsr.cli import main
     from flowsr.config import ModelConfig
-    from test_pipeline import make_model
 
     teacher_dir = make_model(tmp_path / "teacher", kind="flow")
     net, cfg = load_model_dir(teacher_dir, "cpu")
@@ -348,7 +349,7 @@ def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path,
     assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference", str(teacher_dir),
                  "--reference-steps", "1", "--reference-guidance", "1", "--json", str(out),
                  "--report", str(report)]) == 0
-    row = json.loads(out.read_text())
+    row = json.loads(out.read_text())["results"][0]
     assert row["reference"] == {"model": "teacher", "steps": 1, "guidance": 1.0}
     assert row["metrics"]["ref_psnr_y"] == float("inf") and row["metrics"]["ref_lpips"] < 1e-6
     assert all("ref_psnr_y" in image and "ref_lpips" in image for image in row["per_image"])
@@ -356,6 +357,6 @@ def test_eval_reference_scores_against_the_teacher_from_the_same_noise(tmp_path,
 
     assert main(["eval", "--model", str(student_dir), "--data", str(image_folder), "--reference",
                  str(teacher_dir), "--json", str(out)]) == 0
-    row = json.loads(out.read_text())
+    row = json.loads(out.read_text())["results"][0]
     assert row["reference"] == {"model": "teacher", "steps": 32, "guidance": 1.5}
     assert 10 < row["metrics"]["ref_psnr_y"] < 100 and row["metrics"]["ref_lpips"] > 0

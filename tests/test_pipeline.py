@@ -141,7 +141,9 @@ def test_eval_json_schema_and_bad_folders(tmp_path, image_folder, capsys):
     out = tmp_path / "result.json"
     assert main(["eval", "--model", "bicubic", "--data", str(image_folder), "--scale", "4",
                  "--json", str(out), "-v"]) == 0
-    result = json.loads(out.read_text())
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"dataset", "protocol", "results"} and len(payload["results"]) == 1
+    result = payload["results"][0]
     for key in ("model", "dataset", "protocol", "scale", "nfe", "n_images", "metrics",
                 "seconds_per_image", "device", "per_image"):
         assert key in result
@@ -166,7 +168,7 @@ def test_eval_json_schema_and_bad_folders(tmp_path, image_folder, capsys):
     captured = capsys.readouterr()
     assert "paired protocol" in captured.out
     assert "only_hr.png" in captured.err and "c.png" in captured.err
-    assert json.loads(out.read_text())["n_images"] == 2
+    assert json.loads(out.read_text())["results"][0]["n_images"] == 2
 
 
 @pytest.mark.skipif(not (SHARED / "test" / "Set5").is_dir(), reason="../shared/data not present")
@@ -183,5 +185,5 @@ def test_degrade_reproduces_matlab_lr_files(tmp_path, scale):
 def test_bicubic_baseline_matches_published_set5(tmp_path):
     out = tmp_path / "set5.json"
     assert main(["eval", "--model", "bicubic", "--data", str(SHARED / "test" / "Set5" / "HR"), "--json", str(out)]) == 0
-    metrics = json.loads(out.read_text())["metrics"]
+    metrics = json.loads(out.read_text())["results"][0]["metrics"]
     assert abs(metrics["psnr_y"] - 28.42) <= 0.02 and abs(metrics["ssim_y"] - 0.8104) <= 0.002

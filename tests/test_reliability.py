@@ -485,9 +485,9 @@ def test_pickle_file_as_model_is_refused(tmp_path, capsys, suffix):
 TRAIN_ARGS = [*TINY_OVERRIDES[:-1], "ckpt_every=2", "deterministic=true", "device=cpu"]
 
 
-def _train_command(out: Path, data: Path, max_steps: int, resume: bool = False) -> list[str]:
+def _train_command(out: Path, data: Path, max_steps: int, resume: bool = False, *extra: str) -> list[str]:
     return [sys.executable, "-m", "flowsr", "train", "--preset", "tiny-teacher", "--out", str(out),
-            *(["--resume"] if resume else []), *TRAIN_ARGS, f"data={data}", f"max_steps={max_steps}"]
+            *(["--resume"] if resume else []), *TRAIN_ARGS, f"data={data}", f"max_steps={max_steps}", *extra]
 
 
 def _checkpoint_step(out: Path) -> int:
@@ -523,26 +523,29 @@ def _run_and_kill(command: list[str], out: Path, kill_after: int, rng: random.Ra
     return code
 
 
-def test_sigkill_anywhere_then_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path):
+@pytest.mark.parametrize("data", [["data_mode=memory"], ["data_mode=stream", "num_workers=2"]],
+                         ids=["in-memory", "streamed"])
+def test_sigkill_anywhere_then_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path, data):
     rng, steps = random.Random(), 16
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = tmp_path / "reference"  # uninterrupted, in this process on one thread like the others
+    reference = tmp_path / "reference"  # uninterrupted, in memory, in this process on one thread like the others
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         torch.set_num_threads(1)
-        assert main(_train_command(reference, image_folder, steps)[3:]) == 0
+        assert main(_train_command(reference, image_folder, steps, False, "data_mode=memory")[3:]) == 0
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
     out = tmp_path / "killed"
     kills = [rng.randint(3, 7), rng.randint(9, 13)]
-    codes = [_run_and_kill(_train_command(out, image_folder, steps), out, kills[0], rng)]
-    codes.append(_run_and_kill(_train_command(out, image_folder, steps, resume=True), out, kills[1], rng))
+    codes = [_run_and_kill(_train_command(out, image_folder, steps, False, *data), out, kills[0], rng)]
+    codes.append(_run_and_kill(_train_command(out, image_folder, steps, True, *data), out, kills[1], rng))
     assert codes[0] == -signal.SIGKILL, "the first run finished before it could be killed"
-    done = subprocess.run(_train_command(out, image_folder, steps, resume=True), env=env, capture_output=True,
+    done = subprocess.run(_train_command(out, image_folder, steps, True, *data), env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{data[0]})" in done.stdout and ("streamed by 2 worker" in done.stdout) == ("num_workers=2" in data)
 
     def losses(run):
         return [row["loss"] for row in read_log(run) if "loss" in row]

@@ -139,10 +139,11 @@ def test_torchrun_two_gloo_processes(image_folder, tmp_path):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     command = [torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "flowsr", "train",
                "--preset", "tiny-teacher", "--out", str(out), *TINY_OVERRIDES, f"data={image_folder}",
-               "max_steps=3", "device=cpu"]
+               "max_steps=3", "device=cpu", "data_mode=stream", "num_workers=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "data: 3 images (rank 0 of 2), 0 MB decoded, streamed by 1 worker process" in result.stdout
     net, config = load_model_dir(out)
     assert config.training["batch_size"] == 4  # 2 per process x 2 processes
     assert json.loads((out / "train_config.json").read_text())["max_steps"] == 3
