@@ -11,6 +11,9 @@
 #   MODELS_DIR=runs SETS="Set5 Set14" RESULTS=runs/eval bash benchmarks/eval_models.sh   # runs/<name>
 #   python3 benchmarks/report_results.py runs/eval docs/models  # tables + trade-off plots
 #   FEW_NFE=1 bash benchmarks/eval_models.sh              # skip the 8/16/32-step teacher rows (CPU hours)
+#   NO_REFERENCE=1 ...                                    # skip ref_psnr_y (32-96 teacher NFE per image)
+#   PARTS="1 4 5" ... ; PARTS="2 3" ...                   # teacher rows while the students still train,
+#                                                         # then the students' (parts: the numbered blocks)
 set -u
 SHARED=${SHARED:-../shared/data}
 RESULTS=${RESULTS:-runs/eval}
@@ -23,7 +26,9 @@ MEANFLOW=${MEANFLOW:-${P}meanflow-x4}
 DEVICE=${DEVICE:-auto}
 mkdir -p "$RESULTS"
 log() { echo "[$(date +%T)] $*"; }
-GUIDANCE=$(python3 -c "import flowsr; m = flowsr.load('$MEANFLOW'); print(m.config.training.get('teacher_guidance', 1.0))")
+PARTS=${PARTS:-1 2 3 4 5}
+part() { case " $PARTS " in *" $1 "*) return 0;; *) return 1;; esac; }
+GUIDANCE=${GUIDANCE:-$(python3 -c "import flowsr; m = flowsr.load('$MEANFLOW'); print(m.config.training.get('teacher_guidance', 1.0))")}
 
 for SET in $SETS; do
   if [ "$SET" = RealSR ]; then
@@ -32,16 +37,16 @@ for SET in $SETS; do
     DATA=$SHARED/test/$SET/HR; METRICS=psnr,ssim,lpips,dists,hf
   fi
   E="flowsr eval --data $DATA --scale 4 --metrics $METRICS --device $DEVICE"
-  rm -f "$RESULTS/$SET"-[0-9].json
-  log "$SET: bicubic, regression, teacher 1/2/4 steps"
-  $E --model bicubic $REGRESSION $TEACHER --steps 1,2,4 --json "$RESULTS/$SET-1.json" | tail -n +2
-  log "$SET: OFTSR t sweep and MeanFlow 1/2/4 steps, against the 32-step teacher"
-  $E --model $OFTSR --t 0,0.25,0.5,0.75,1 --reference $TEACHER --json "$RESULTS/$SET-2.json" | tail -n +2
-  $E --model $MEANFLOW --steps 1,2,4 --reference $TEACHER --json "$RESULTS/$SET-3.json" | tail -n +2
-  if [ -z "${FEW_NFE:-}" ]; then
-    log "$SET: teacher 8/16/32 steps (and 32 guided steps, w=$GUIDANCE)"
-    $E --model $TEACHER --steps 8,16,32 --json "$RESULTS/$SET-4.json" | tail -n +2
-    [ "$GUIDANCE" != "1.0" ] && $E --model $TEACHER --steps 32 --guidance $GUIDANCE --json "$RESULTS/$SET-5.json" | tail -n +2
+  log "$SET: parts $PARTS"
+  part 1 && $E --model bicubic $REGRESSION $TEACHER --steps 1,2,4 --json "$RESULTS/$SET-1.json" | tail -n +2
+  # OFTSR t sweep and MeanFlow 1/2/4 steps, each against its teacher's 32-step output
+  REF="--reference $TEACHER"; [ -n "${NO_REFERENCE:-}" ] && REF=""
+  part 2 && $E --model $OFTSR --t 0,0.25,0.5,0.75,1 $REF --json "$RESULTS/$SET-2.json" | tail -n +2
+  part 3 && $E --model $MEANFLOW --steps 1,2,4 $REF --json "$RESULTS/$SET-3.json" | tail -n +2
+  if [ -z "${FEW_NFE:-}" ]; then  # teacher 8/16/32 steps, and 4/32 guided steps (w=$GUIDANCE)
+    part 4 && $E --model $TEACHER --steps 8,16,32 --json "$RESULTS/$SET-4.json" | tail -n +2
+    [ "$GUIDANCE" != "1.0" ] && part 5 && $E --model $TEACHER --steps 4,32 --guidance $GUIDANCE \
+      --json "$RESULTS/$SET-5.json" | tail -n +2
   fi
   python3 - "$RESULTS" "$SET" <<'PYEOF'
 import json, sys
