@@ -87,15 +87,16 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
                     warmup: int = 2, repeat: int = 10) -> dict:
     """Latency per image (median, p90) for ``batch`` LR images giving ``size``x``size`` outputs.
 
-    The warm-up calls (not timed) also absorb ``torch.compile``'s compilation; the memory peak is that of
-    the timed calls (on the CPU the process's RSS, which includes the libraries and loaded models;
-    ``working_memory_mb`` is the peak less the RSS before the timed calls).
+    The warm-up calls (not timed) also absorb ``torch.compile``'s compilation. The memory peak counts from
+    the first warm-up call: on CUDA the allocated memory, on the CPU the process's RSS (libraries and
+    loaded models included; ``working_memory_mb`` is the peak less the RSS before the row, so memory an
+    earlier row of the same process left mapped is not counted again: for a clean peak, one row per run).
     """
     device = upscaler.device
     lq = torch.rand(batch, 3, size // upscaler.scale, size // upscaler.scale)
+    rss_before = _reset_peak_memory(device)
     for _ in range(warmup):
         upscaler.upscale_tensor(lq, settings, seed=0)
-    rss_before = _reset_peak_memory(device)
     times = []
     for index in range(repeat):
         _sync(device)

@@ -706,6 +706,10 @@ def cmd_bench(args) -> int:
         if any(row["backend"] == "onnxruntime" for row in rows):
             keys[3:3] = ["ort_optimization", "ort_execution"]
             keys.insert(keys.index("peak_memory_mb") + 1, "working_memory_mb")
+        for row in rows:  # what each model, backend and setting buys: against the first row of its size and steps
+            same = [r for r in rows if (r["size"], r["steps"], r["batch"]) == (row["size"], row["steps"], row["batch"])]
+            row["speedup_vs_first"] = same[0]["latency_ms_median"] / row["latency_ms_median"]
+        keys.insert(keys.index("megapixels_per_s") + 1, "speedup_vs_first")
         if args.matmul and device.type == "cuda":
             keys.append("fraction_of_matmul")
     print(bench.format_rows(rows, keys))

@@ -28,14 +28,14 @@ EXECUTION_MODES = ("sequential", "parallel")
 INSTALL = 'pip install "flowsr[onnx]"'
 
 
-def require(module: str, purpose: str = "ONNX models"):
+def require(module: str, purpose: str = "running an ONNX model"):
     """Import ``module`` (onnx, onnxruntime, onnxscript) or raise ModelLoadError saying what to install."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelLoadError(f"{purpose} need {module}, which is not installed: {INSTALL}") from None
+        raise ModelLoadError(f"{purpose} needs {module}, which is not installed: {INSTALL}") from None
 
 
 def is_onnx_dir(path: Path) -> bool:
@@ -196,7 +196,11 @@ def read_onnx_config(directory: Path) -> tuple[ModelConfig, dict]:
 def load_onnx_dir(directory: Path, device: str = "auto", options: OrtOptions | None = None
                   ) -> tuple[OnnxNet, ModelConfig]:
     """Open ``directory/model.onnx`` in an ONNX Runtime session (CUDA provider on ``cuda``)."""
-    require("onnxruntime")
     directory = Path(directory)
+    require("onnxruntime", f"{directory}: running an ONNX model")
     config, graph = read_onnx_config(directory)
-    return OnnxNet(directory / ONNX_FILE, graph, resolve_device(device), options), config
+    try:
+        device = resolve_device(device)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{directory}: {error}") from None
+    return OnnxNet(directory / ONNX_FILE, graph, device, options), config

@@ -136,8 +136,13 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
             raise ValueError(f"{path.name}: ONNX Runtime differs from torch by {difference:.3g} "
                              f"(> {PARITY_TOLERANCE:g}); nothing written")
 
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / ONNX_FILE, write)
+    created = not directory.exists()
+    try:
+        atomic_write(directory / ONNX_FILE, write)
+    except BaseException:
+        if created and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()  # a failed first export leaves no empty directory behind
+        raise
     spec["flops_per_pixel"] = _flops_per_pixel(net)
     spec["exported_from"] = str(model)
     spec["versions"] = {"flowsr": flowsr.__version__, "torch": torch.__version__.split("+")[0],

@@ -290,6 +290,7 @@ def test_bench_times_torch_and_each_onnx_runtime_setting_side_by_side(tiny, tmp_
         assert row["latency_ms_median"] > 0 and row["megapixels_per_s"] > 0 and row["peak_memory_mb"] > 0
         assert row["gflops_per_image"] == pytest.approx(torch_rows[0]["gflops_per_image"] * row["size"] ** 2 / 32**2)
     assert all(r["threads"] == 1 and r["compile"] == "-" for r in onnx_rows)
+    assert [r["speedup_vs_first"] for r in torch_rows] == [1.0, 1.0] and all(r["speedup_vs_first"] > 0 for r in rows)
     assert "ort_optimization" in capsys.readouterr().out
 
 
@@ -338,6 +339,29 @@ def test_example_script_runs_without_flowsr_and_torch(tiny, tmp_path):
                            str(tmp_path / "out.png"), "--t", "0.3"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "out.png").size == (68, 84)
+
+
+def _readme_snippet() -> str:
+    """The ten-line Python block of the README's Deploy section."""
+    deploy = (ROOT / "README.md").read_text().split("## Deploy", 1)[1]
+    return deploy.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@needs_onnx
+def test_readme_ten_lines_run_without_flowsr_and_match_the_example_script(tiny, tmp_path):
+    import shutil
+
+    code = _readme_snippet()
+    assert len(code.strip().splitlines()) == 10
+    _, exported = tiny["oftsr"]
+    shutil.copytree(exported, tmp_path / "oftsr-x4-onnx")  # the README's paths, relative to the folder it runs in
+    Image.fromarray(make_image(np.random.default_rng(8), 23, 18)).save(tmp_path / "in.png")
+    block = "import sys; sys.modules['flowsr'] = sys.modules['torch'] = None\n" + code
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    readme = np.asarray(Image.open(tmp_path / "out.png")).astype(np.int16)
+    script = np.asarray(_example().upscale(tmp_path / "oftsr-x4-onnx", Image.open(tmp_path / "in.png"), seed=0))
+    assert readme.shape == (92, 72, 3) and np.abs(readme - script).max() <= 1
 
 
 @needs_onnx
