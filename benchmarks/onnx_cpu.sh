@@ -24,7 +24,7 @@ flowsr bench --model "$MODEL" "$OUT/$MODEL-onnx" --device cpu --size "$SIZES" --
 
 # 2. what each ONNX Runtime setting buys (speedup_vs_first: against 1 thread, no graph optimisation)
 flowsr bench --model "$OUT/$MODEL-onnx" --device cpu --size "$SIZES" --repeat "$REPEAT" \
-  --ort-threads "1,$THREADS" --ort-opt disable,basic,extended,all --ort-execution sequential,parallel \
+  --ort-threads "$([ "$THREADS" = 1 ] && echo 1 || echo "1,$THREADS")" --ort-opt disable,basic,extended,all --ort-execution sequential,parallel \
   --json "$OUT/bench_ort.json"
 
 # 3. the float16 graph on the CPU, beside the float32 one

@@ -705,6 +705,7 @@ def cmd_bench(args) -> int:
                 "latency_ms_p90", "megapixels_per_s", "peak_memory_mb", "gflops_per_image", "achieved_tflops"]
         if any(row["backend"] == "onnxruntime" for row in rows):
             keys[3:3] = ["ort_optimization", "ort_execution"]
+        if any(row.get("working_memory_mb") is not None for row in rows):
             keys.insert(keys.index("peak_memory_mb") + 1, "working_memory_mb")
         for row in rows:  # what each model, backend and setting buys: against the first row of its size and steps
             same = [r for r in rows if (r["size"], r["steps"], r["batch"]) == (row["size"], row["steps"], row["batch"])]

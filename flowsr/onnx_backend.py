@@ -9,14 +9,13 @@ on torch tensors, so the samplers, the OFTSR knob, guidance, tiling and the sour
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flowsr.checkpoint import ModelLoadError
+from flowsr.catalog import ModelLoadError, read_config_json
 from flowsr.config import ModelConfig
 
 ONNX_FILE = "model.onnx"
@@ -100,10 +99,9 @@ class OnnxNet:
     """A ``model.onnx`` exported by ``flowsr export``, called as ``net(x, t, cond, h=None) -> v``.
 
     ``x``, ``cond``: (B, 3, H, W) torch tensors, H and W multiples of :attr:`size_multiple`; ``t``, ``h``:
-    scalars or (B,) in [0, 1] (``h=None`` is fed as 0, exact when the export found ``h_zero_is_no_h``, as for
-    every flow teacher and regression net, whose interval MLP is zero; else refused). Returns float32 on
-    ``x``'s device.
-    Inputs go through host memory as numpy arrays, also with the CUDA provider.
+    scalars or (B,) in [0, 1]. ``h=None`` is fed as 0, exact when the export found ``h_zero_is_no_h`` (every
+    flow teacher and regression net: their interval MLP is zero), else refused. Returns float32 on ``x``'s
+    device; inputs go through host memory as numpy arrays, also with the CUDA provider.
     """
 
     def __init__(self, path: Path, graph: dict, device: torch.device, options: OrtOptions | None = None):
@@ -172,14 +170,8 @@ def one_line(error: Exception) -> str:
 def read_onnx_config(directory: Path) -> tuple[ModelConfig, dict]:
     """``config.json`` of an ONNX model directory -> (ModelConfig, the ``"onnx"`` graph section)."""
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing (an ONNX model directory holds model.onnx + config.json; "
-                             "flowsr export writes both)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
-    graph = data.pop("onnx", None) if isinstance(data, dict) else None
+    data = read_config_json(directory)
+    graph = data.pop("onnx", None)
     if not isinstance(graph, dict):
         raise ModelLoadError(f"{path}: no \"onnx\" section describing {ONNX_FILE} (write it with flowsr export)")
     try:

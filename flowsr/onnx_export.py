@@ -19,9 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import flowsr
+from flowsr.catalog import model_path
 from flowsr.checkpoint import atomic_write, load_model_dir
 from flowsr.onnx_backend import DTYPES, INPUTS, ONNX_FILE, OUTPUT, is_onnx_dir, one_line, require
-from flowsr.pipeline import bundled_models
 
 PARITY_TOLERANCE = 1e-4  # max abs difference of one float32 network call, ONNX Runtime vs torch
 MIN_OPSET = 18  # the lowest opset torch's exporter implements
@@ -82,9 +82,9 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: the torch exporter writes opset {MIN_OPSET} or later "
                          "(converting this network further down yields an invalid graph)")
-    if str(model) == "bicubic":
+    source = model_path(model)
+    if source is None:
         raise ValueError("bicubic has no network to export")
-    source = bundled_models().get(str(model), Path(model))
     if is_onnx_dir(source):
         raise ValueError(f"{source}: already an ONNX export; export the torch model directory instead")
     net, config = load_model_dir(source)

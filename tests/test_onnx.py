@@ -35,11 +35,11 @@ BUNDLED = list(bundled_models())
 LEVEL = 1 / 255
 
 # two small architectures covering every code path of the network: attention, pixel-unshuffle patches,
-# the linear skip, group norm and the endpoint parameterisation; students use A, the others B
+# the linear skip, group norm, the endpoint parameterisation, both time scales; students use A, the others B
 ARCH_A = NetConfig(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=(1,), patch=2,
                    linear_skip=True)
 ARCH_B = NetConfig(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=(), norm="group",
-                   prediction="endpoint")
+                   prediction="endpoint", time_scale=1.0)
 TINY = {"oftsr": ARCH_A, "meanflow": ARCH_A, "regression": ARCH_B, "flow": ARCH_B}
 SAME_NETWORK = {"meanflow": "oftsr", "flow": "regression"}  # kinds whose export is the other's, relabelled
 
