@@ -23,15 +23,44 @@ def _sync(device: torch.device) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated memory; CPU: the process's peak RSS since :func:`_reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+
+
+def _reset_peak_memory(device: torch.device) -> float | None:
+    """Start a new peak: CUDA's counter, or on Linux the process's RSS high-water mark (``/proc/self/clear_refs``;
+    elsewhere the peak stays the whole process's). Returns the RSS now in MiB on the CPU, else None."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    return _proc_status_mb("VmRSS")
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return None
 
 
 def flops_per_pixel(upscaler: Upscaler, size: int) -> float:
     """Network FLOPs of one evaluation per output pixel (0 for bicubic), counted on a small input."""
     if upscaler.net is None:
         return 0.0
+    if upscaler.backend != "torch":
+        return upscaler.net.flops_per_pixel  # counted on the torch network at export
     side = 64
     x = torch.zeros(1, 3, side, side, device=upscaler.device)
     net = getattr(upscaler.net, "_orig_mod", upscaler.net)  # count on the eager module, not a compiled one
@@ -58,12 +87,14 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
                     warmup: int = 2, repeat: int = 10) -> dict:
     """Latency per image (median, p90) for ``batch`` LR images giving ``size``x``size`` outputs.
 
-    The warm-up calls (not timed) also absorb ``torch.compile``'s compilation.
+    The warm-up calls (not timed) also absorb ``torch.compile``'s compilation. The memory peak counts from
+    the first warm-up call: on CUDA the allocated memory, on the CPU the process's RSS (libraries and
+    loaded models included; ``working_memory_mb`` is the peak less the RSS before the row, so memory an
+    earlier row of the same process left mapped is not counted again: for a clean peak, one row per run).
     """
     device = upscaler.device
     lq = torch.rand(batch, 3, size // upscaler.scale, size // upscaler.scale)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _reset_peak_memory(device)
     for _ in range(warmup):
         upscaler.upscale_tensor(lq, settings, seed=0)
     times = []
@@ -78,15 +109,23 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
     nfe = upscaler.nfe(settings)
     flops = flops_per_pixel(upscaler, size) * size * size * nfe
     resolved = upscaler.resolve(settings)
-    return {
+    peak = _peak_memory_mb(device)
+    row = {
         "model": upscaler.name, "kind": upscaler.config.kind if upscaler.config else "bicubic",
         "steps": resolved.steps, "t": resolved.t, "nfe": nfe, "size": size, "batch": batch,
         "device": str(device), "dtype": str(upscaler.dtype).replace("torch.", ""),
-        "compile": getattr(upscaler, "compile_mode", "none"),
+        "backend": upscaler.backend, "compile": getattr(upscaler, "compile_mode", "none"),
+        "threads": torch.get_num_threads(),
         "latency_ms_median": 1000 * latency, "latency_ms_p90": 1000 * times[int(0.9 * (len(times) - 1))],
-        "megapixels_per_s": size * size / 1e6 / latency, "peak_memory_mb": _peak_memory_mb(device),
+        "megapixels_per_s": size * size / 1e6 / latency, "peak_memory_mb": peak,
+        "working_memory_mb": None if rss_before is None else peak - rss_before,
         "gflops_per_image": flops / 1e9, "achieved_tflops": flops / latency / 1e12,
     }
+    if upscaler.backend == "onnxruntime":  # the session's settings (flowsr.onnx_backend.OrtOptions)
+        options = upscaler.net.options
+        row.update(dtype=upscaler.net.dtype, compile="-", threads=upscaler.net.threads,
+                   ort_optimization=options.optimization, ort_execution=options.execution)
+    return row
 
 
 def bench_train_step(cfg, loss_fn, net, batch: dict, steps: int = 5, warmup: int = 2) -> float:

@@ -1,4 +1,4 @@
-"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | bench``.
+"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | export | bench | serve``.
 
 Every command reports a bad file in one line naming it, keeps processing the other files, and exits
 non-zero if anything failed.
@@ -39,6 +39,11 @@ def _ints(text: str) -> list[int]:
 
 DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
 DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
+
+
+def _sizes(text: str) -> list[int]:
+    """argparse type: a comma-separated list of positive integers."""
+    return [_positive(v) for v in text.split(",") if v.strip()]
 
 
 def _add_runtime(parser) -> None:
@@ -131,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list bundled models")
 
+    ex = commands.add_parser("export", help="write a model's network as ONNX: DIR/model.onnx + DIR/config.json",
+                             epilog="DIR is then a model like any other (--model DIR), run by ONNX Runtime. "
+                             'Needs the onnx extra: pip install "flowsr[onnx]".')
+    ex.add_argument("model", help="bundled name or model directory")
+    ex.add_argument("-o", "--output", required=True, help="directory to write (not a torch model directory)")
+    ex.add_argument("--opset", type=_positive, default=None, help="ONNX opset, 18 or later (default: the "
+                    "exporter's)")
+    ex.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                    help="precision of the weights and image tensors (t and h stay float32)")
+
     from flowsr import serve
 
     serve.add_parser(commands)
@@ -139,12 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
     bn.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
     bn.add_argument("--t", type=float, default=None)
-    bn.add_argument("--size", type=_positive, default=512, help="output side in pixels")
+    bn.add_argument("--size", type=_sizes, default=[512], help="output side in pixels; a list times each, e.g. 256,512")
     bn.add_argument("--batch", type=_positive, default=1)
     bn.add_argument("--repeat", type=_positive, default=10)
     bn.add_argument("--compile", type=_words, default=["none"], metavar="MODES",
                     help="list of torch.compile modes to time, each in the same run: none (eager), default, "
                     "reduce-overhead (CUDA graphs), max-autotune; e.g. none,default")
+    bn.add_argument("--ort-threads", type=_ints, default=None, metavar="LIST", help="ONNX models: intra-op "
+                    "thread counts to time (0: ONNX Runtime's default; default: torch's thread count)")
+    bn.add_argument("--ort-opt", type=_words, default=["all"], metavar="LEVELS", help="ONNX models: graph "
+                    "optimisation levels to time: disable, basic, extended, layout, all")
+    bn.add_argument("--ort-execution", type=_words, default=["sequential"], metavar="MODES",
+                    help="ONNX models: execution modes to time: sequential, parallel")
     bn.add_argument("--matmul", action="store_true", help="also measure the card's bf16 matmul rate")
     bn.add_argument("--train", default=None, metavar="PRESET",
                     help="instead: seconds per training step of every objective for this preset's network")
@@ -158,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
-               "models": cmd_models, "bench": cmd_bench,
+               "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
                "serve": _serve}[args.command]
     try:
         return handler(args)
@@ -625,6 +646,18 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from flowsr.onnx_export import export
+
+    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype)
+    check = spec["check"]
+    size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
+    print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "
+          f"and config.json; one call through ONNX Runtime vs torch float32 at {tuple(check['shape'])}: "
+          f"max abs difference {check['max_abs_diff']:.2g}")
+    return 0
+
+
 def _serve(args) -> int:
     problem = None
     if not 0 <= args.port <= 65535:
@@ -657,19 +690,27 @@ def cmd_bench(args) -> int:
             model = load(spec, device=args.device, dtype=args.dtype)
             kind = model.config.kind if model.config else "bicubic"
             steps_list = args.steps if kind in ("flow", "meanflow") and args.steps else [None]
-            for mode in args.compile if model.net is not None else ["none"]:
-                model.compile(mode)
-                for steps in steps_list:
-                    settings = Settings(steps=steps, t=args.t if kind in ("oftsr", "meanflow") else None)
-                    rows.append(bench.bench_inference(model, settings, args.size, args.batch, repeat=args.repeat))
+            for _ in _runtime_variants(model, args):
+                for size in args.size:
+                    for steps in steps_list:
+                        settings = Settings(steps=steps, t=args.t if kind in ("oftsr", "meanflow") else None)
+                        rows.append(bench.bench_inference(model, settings, size, args.batch, repeat=args.repeat))
         device = resolve_device(args.device)
         if args.matmul and device.type == "cuda":
             peak = bench.matmul_tflops(device)
             for row in rows:
                 row["matmul_tflops"] = peak
                 row["fraction_of_matmul"] = row["achieved_tflops"] / peak
-        keys = ["model", "compile", "steps", "nfe", "size", "batch", "latency_ms_median", "latency_ms_p90",
-                "megapixels_per_s", "peak_memory_mb", "gflops_per_image", "achieved_tflops"]
+        keys = ["model", "backend", "compile", "threads", "steps", "nfe", "size", "batch", "latency_ms_median",
+                "latency_ms_p90", "megapixels_per_s", "peak_memory_mb", "gflops_per_image", "achieved_tflops"]
+        if any(row["backend"] == "onnxruntime" for row in rows):
+            keys[3:3] = ["ort_optimization", "ort_execution"]
+        if any(row.get("working_memory_mb") is not None for row in rows):
+            keys.insert(keys.index("peak_memory_mb") + 1, "working_memory_mb")
+        for row in rows:  # what each model, backend and setting buys: against the first row of its size and steps
+            same = [r for r in rows if (r["size"], r["steps"], r["batch"]) == (row["size"], row["steps"], row["batch"])]
+            row["speedup_vs_first"] = same[0]["latency_ms_median"] / row["latency_ms_median"]
+        keys.insert(keys.index("megapixels_per_s") + 1, "speedup_vs_first")
         if args.matmul and device.type == "cuda":
             keys.append("fraction_of_matmul")
     print(bench.format_rows(rows, keys))
@@ -680,6 +721,26 @@ def cmd_bench(args) -> int:
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
         print(f"wrote {args.json}")
     return 0
+
+
+def _runtime_variants(model, args):
+    """Set ``model`` to each runtime variant to time in turn: torch.compile modes for torch networks, ONNX
+    Runtime session settings (threads x optimisation level x execution mode) for ONNX models."""
+    if model.backend == "torch" and model.net is not None:
+        for mode in args.compile:
+            model.compile(mode)
+            yield mode
+        return
+    if model.backend == "torch":  # bicubic
+        yield "none"
+        return
+    from itertools import product
+
+    from flowsr.onnx_backend import OrtOptions
+
+    for threads, level, execution in product(args.ort_threads or [None], args.ort_opt, args.ort_execution):
+        model.net = model.net.with_options(OrtOptions(threads=threads, optimization=level, execution=execution))
+        yield model.net.options
 
 
 def _machine(device: str) -> str:

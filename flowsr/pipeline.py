@@ -70,11 +70,13 @@ class Upscaler:
         self.dtype = resolve_dtype(dtype, self.device)
         self.name, self.config = name, config
         self.scale = config.scale if config else scale
-        self.net = net.to(self.device) if net is not None else None
+        torch_net = isinstance(net, torch.nn.Module)  # else an ONNX Runtime network (flowsr.onnx_backend)
+        self.net = net.to(self.device) if torch_net else net
+        self.backend = "torch" if torch_net or net is None else "onnxruntime"
         self.max_tile = 0  # set after a CUDA out-of-memory error: the tile side that fits
         self.max_row_buffers: int | None = MAX_ROW_BUFFERS  # None: no limit (see row_buffer_bytes)
         self.compile_mode = "none"
-        if self.net is not None and self.device.type == "cuda":
+        if torch_net and self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
 
     COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -88,6 +90,10 @@ class Upscaler:
         if mode not in self.COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {', '.join(self.COMPILE_MODES)}, not {mode!r}")
         if self.net is None:
+            return self
+        if self.backend != "torch":
+            if mode != "none":
+                raise ValueError(f"{self.name} runs on ONNX Runtime: --compile applies to torch models only")
             return self
         eager = getattr(self.net, "_orig_mod", self.net)
         self.net = eager if mode == "none" else torch.compile(eager, mode=None if mode == "default" else mode)
@@ -396,14 +402,23 @@ def _tiled_rows(lq, run, scale: int, tile: int, overlap: int, noise: _SourceNois
 
 def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto",
          scale: int | None = None) -> Upscaler:
-    """Load ``model``: ``"bicubic"``, ``"default"``, a bundled name (see ``flowsr models``) or a directory.
+    """Load ``model``: ``"bicubic"``, ``"default"``, a bundled name (see ``flowsr models``) or a directory
+    (``model.safetensors`` runs in torch, ``model.onnx`` from ``flowsr export`` in ONNX Runtime).
 
     Raises :class:`flowsr.checkpoint.ModelLoadError` with a one-line message when it cannot.
     """
     path = model_path(model)
     if path is None:
         return Upscaler(None, None, "bicubic", scale=scale or 4, device=device, dtype=dtype)
-    net, config = load_model_dir(path)
+    if (path / "model.onnx").is_file():  # exported by flowsr export: runs on ONNX Runtime
+        from flowsr.onnx_backend import load_onnx_dir
+
+        if dtype not in ("auto", "fp32"):
+            raise ValueError(f"{path}: an ONNX model keeps the precision it was exported with; --dtype does not apply")
+        net, config = load_onnx_dir(path, device)
+        device, dtype = str(net.device), "fp32"
+    else:
+        net, config = load_model_dir(path)
     if scale is not None and scale != config.scale:
         raise ModelLoadError(f"{path}: model is trained for x{config.scale}, not x{scale}")
     # labelled by the directory the user named (two runs of one preset stay apart in a sweep)
