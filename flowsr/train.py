@@ -175,6 +175,20 @@ LOCK_NAME = ".train.lock"  # held (flock) by the run using a directory, removed 
 FIRST_FILES = {"train_config.json", "log.jsonl", "tensorboard", LOCK_NAME}  # a run's, before its first checkpoint
 
 
+ORPHAN_WAIT = 30.0  # seconds to wait for the workers of a killed run to let the lock go
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (text from the lock file) exists; True when it cannot be told."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, PermissionError):
+        return True
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class RunInUse(RuntimeError):
     """Another ``flowsr train`` holds the run directory's lock."""
 
@@ -200,6 +214,7 @@ def run_lock(out: Path):
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
+    deadline = time.monotonic() + ORPHAN_WAIT
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -207,6 +222,10 @@ def run_lock(out: Path):
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
+            if not _alive(holder) and time.monotonic() < deadline:
+                # the run was killed; its DataLoader workers (forked: they share the lock) exit on their own
+                time.sleep(0.2)
+                continue
             raise RunInUse(f"{out}: another flowsr train (pid {holder}) is using this directory; "
                            "wait for it or choose another --out") from None
         with contextlib.suppress(FileNotFoundError):
