@@ -163,6 +163,7 @@ def served(tmp_path_factory):
     finally:
         process.kill()
         log.close()
+    assert list(temp.glob("flowsr-serve-*")) == []  # the server's temporary folder is removed on exit
 
 
 def rss_mb(pid: int) -> float:
@@ -179,7 +180,8 @@ def test_defaults_bind_loopback_and_limits():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve"])
-    assert (args.host, args.port, args.max_upload_mb, args.max_megapixels) == ("127.0.0.1", 7860, 50.0, 40.0)
+    assert (args.host, args.port, args.max_upload_mb, args.max_megapixels, args.max_memory_gb, args.tile) == (
+        "127.0.0.1", 7860, 50.0, 4.0, 2.0, 0)
     args = parser.parse_args(["serve", "--model", "a", "--model", "b", "--port", "0"])
     assert args.model == ["a", "b"] and args.port == 0
 
@@ -380,7 +382,9 @@ def test_concurrent_load_shares_one_model_and_memory_returns(served):
     assert after < baseline + RSS_TOLERANCE_MB, (baseline, after)
     print(f"20 concurrent jobs in {wall:.2f} s; server RSS {baseline:.0f} MB -> {after:.0f} MB")
     assert process.poll() is None
-    assert list(temp.iterdir()) == []  # no temporary files left behind
+    files = [p.name for p in temp.rglob("*") if p.is_file()]  # results of the other tests' jobs are kept
+    deleted = {r["id"] for r in results}
+    assert not [name for name in files if name.endswith(".upload") or Path(name).stem in deleted], files
 
 
 # -- in process: tiling progress and the same pixels as `flowsr upscale` ------------------------------
@@ -400,7 +404,7 @@ def test_tiled_job_reports_progress_and_matches_the_pipeline(tmp_path):
         assert status["tiles_total"] == status["tiles_done"] == 2 * 3
         expected = model.upscale_image(read_image_bytes(data, "wide.png"), Settings(t=0.5),
                                        seed=image_seed(3, "wide.png"), tile=24, tile_overlap=4)
-        result = read_image_bytes(app.result(job.id)[0], "result")
+        result = read_image_bytes(app.result(job.id)[0].read_bytes(), "result")
         assert torch.equal((result.rgb * 255).round(), (expected.rgb * 255).round())
         assert app.result(job.id)[1] == "wide_x4.png"
         app.delete(job.id)
