@@ -443,13 +443,14 @@ class App:
             return sum(1 for job in self.jobs.values() if job.state == "queued")
 
     def _expire(self) -> None:
-        """Drop finished jobs beyond the newest ``keep``, older than ``keep_seconds`` or beyond ``keep_bytes``
-        of results (lock held)."""
+        """Drop finished jobs beyond the newest ``keep``, older than ``keep_seconds`` or, but for the newest,
+        beyond ``keep_bytes`` of results (lock held)."""
         finished = [job for job in self.jobs.values() if job.state in ("done", "error")]
         now, kept_bytes = time.monotonic(), 0
         for index, job in enumerate(reversed(finished)):
             kept_bytes += job.info.get("png_bytes", 0)
-            if index >= self.keep or now - (job.finished or now) > self.keep_seconds or kept_bytes > self.keep_bytes:
+            too_much = index > 0 and kept_bytes > self.keep_bytes
+            if index >= self.keep or now - (job.finished or now) > self.keep_seconds or too_much:
                 self.jobs.pop(job.id, None)
                 _remove(job)
 
@@ -554,8 +555,9 @@ class Handler(BaseHTTPRequestHandler):
             if self.unread and error.status != 503:
                 self._drain()
             self.close_connection = True
-            self._json({"error": str(error)}, error.status)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            with contextlib.suppress(OSError):  # the client may be gone
+                self._json({"error": str(error)}, error.status)
+        except OSError:  # the client went away or stalled
             self.close_connection = True
         except Exception as error:  # a bug must cost one request, not the server
             self.server.app.log(f"internal error on {self.command} {self.path}: {error!r}")
@@ -725,6 +727,11 @@ class Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a client that went away is not the server's error
+            self.app.log(f"error on a connection from {client_address[0]}: {error!r}")
+
     def process_request(self, request, client_address):
         if not self.connections.acquire(blocking=False):
             _refuse(request)
@@ -832,12 +839,17 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     """Load the models, then serve until Ctrl-C or SIGTERM. Returns the exit status."""
+    from flowsr import memory
     from flowsr.checkpoint import ModelLoadError
     from flowsr.pipeline import default_model, load
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    printing = threading.Lock()
 
+    def log(message: str) -> None:
+        with printing:  # one line at a time from the worker and the connection threads
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    memory.return_freed_memory()  # the resident memory then follows the jobs' estimates
     specs = list(dict.fromkeys(args.model or [default_model(), "bicubic"]))
     if not (args.max_upload_mb > 0 and args.max_megapixels > 0 and args.max_memory_gb > 0):
         print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive", file=sys.stderr)

@@ -105,6 +105,7 @@ function inputFailed() {
   if (!state.file) return;
   state.inputShown = false;
   showMode();
+  if (!$("message").hidden) return;  // the server has already refused it: its error alone
   $("placeholder").hidden = false;
   $("placeholder").textContent = "This browser cannot show this file (TIFF?); the result will still appear here.";
 }
