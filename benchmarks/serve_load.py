@@ -41,7 +41,8 @@ def request(url: str, method: str = "GET", data: bytes | None = None, timeout: f
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=timeout) as reply:
             body = reply.read()
-            return reply.status, json.loads(body) if body and reply.headers["Content-Type"] == "application/json" else {}
+            is_json = body and reply.headers["Content-Type"] == "application/json"
+            return reply.status, json.loads(body) if is_json else {}
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
 
@@ -90,17 +91,21 @@ def main() -> int:
     args = parser.parse_args()
 
     group = memory_cgroup(int(args.memory_cap_gb * 2**30))
+
+    def enter_group():  # in the child, before it runs: all its memory is charged to the group
+        if group is not None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
     server = subprocess.Popen([sys.executable, "-m", "flowsr", "serve", "--model", args.model, "--model", "bicubic",
-                               "--port", "0"], stdout=subprocess.PIPE, text=True)
-    if group is not None:
-        (group / "cgroup.procs").write_text(str(server.pid))
+                               "--port", "0"], stdout=subprocess.PIPE, text=True, preexec_fn=enter_group)
     line = server.stdout.readline()
     print(line.strip())
     url = line.split("open ")[1].split()[0].rstrip("/")
     threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
     info = request(url + "/api/info")[1]
+    limits = ("max_upload_bytes", "max_pixels", "max_memory_bytes", "job_memory_bytes")
     results = {"model": args.model, "cgroup_cap_gb": args.memory_cap_gb if group else None,
-               "limits": {k: info[k] for k in ("max_upload_bytes", "max_pixels", "max_memory_bytes", "job_memory_bytes")}}
+               "limits": {k: info[k] for k in limits}}
     cap = args.memory_cap_gb * 1024 if group else info["max_memory_bytes"] / 2**20
 
     latencies, stop = [], threading.Event()
@@ -150,7 +155,8 @@ def main() -> int:
         state = request(f"{url}/api/jobs/{reply['id']}")[1]
     results["largest_bicubic"] = {"side": side, "status": status, "state": state.get("state"),
                                   "seconds": round(time.monotonic() - start, 1), "tile": state.get("tile"),
-                                  "estimate_mb": state.get("memory_estimate", 0) / 2**20, "peak_mb": peak_mb(server.pid)}
+                                  "estimate_mb": state.get("memory_estimate", 0) / 2**20,
+                                  "peak_mb": peak_mb(server.pid)}
 
     # 3. the same through the network, cancelled after a while
     model = info["models"][0]["name"]
@@ -165,7 +171,8 @@ def main() -> int:
     results["largest_network"] = {"model": model, "status": status, "state": state.get("state"),
                                   "tile": state.get("tile"), "tiles_done": state.get("tiles_done"),
                                   "tiles_total": state.get("tiles_total"),
-                                  "estimate_mb": state.get("memory_estimate", 0) / 2**20, "peak_mb": peak_mb(server.pid)}
+                                  "estimate_mb": state.get("memory_estimate", 0) / 2**20,
+                                  "peak_mb": peak_mb(server.pid)}
 
     # 4. a row of max_pixels pixels
     buffer = io.BytesIO()
@@ -186,7 +193,8 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if group is not None:
         group.rmdir()
-    ok = alive and results["info_latency_max_s"] <= 1.0 and results["peak_mb"] <= cap and results.get("exit_status") == 0
+    ok = (alive and results["info_latency_max_s"] <= 1.0 and results["peak_mb"] <= cap
+          and results.get("exit_status") == 0)
     return 0 if ok else 1
 
 

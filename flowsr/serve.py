@@ -48,6 +48,7 @@ file name, seed and tile give the same pixels as ``flowsr upscale --seed S --til
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import json
 import os
@@ -77,6 +78,7 @@ MAX_STEPS = 256
 CHUNK = 256 << 10  # bytes read or written at a time
 DRAIN_LIMIT = 1 << 30  # a refused body up to this is read and dropped, so the client sees the answer
 STALL_SECONDS = 60  # a connection that sends nothing this long is dropped
+HEADER_BYTES = 64 << 10  # request line and headers together, at most (http.server alone allows 6.5 MB)
 CONNECTION_BYTES = 1 << 20  # memory set aside per connection (thread stack, header and chunk buffers)
 MIN_JOB_MEMORY = 128 << 20  # less room than this for a job: the server refuses to start
 SMALLEST_TILE = 32  # tiles are halved down to this side to fit the memory budget
@@ -531,6 +533,10 @@ class Handler(BaseHTTPRequestHandler):
     timeout = STALL_SECONDS  # a connection that sends nothing this long is dropped
     unread = 0  # bytes of the request body not read yet
 
+    def setup(self):
+        super().setup()
+        self.rfile = _HeaderLimit(self.rfile, HEADER_BYTES)
+
     def do_GET(self):
         self._handle(self._get)
 
@@ -755,6 +761,24 @@ class Server(ThreadingHTTPServer):
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+class _HeaderLimit:
+    """A connection's reader that refuses more than ``limit`` bytes of request line and headers (read with
+    ``readline``; http.server then answers 431); the body (``read``) is bounded by the handler."""
+
+    def __init__(self, reader, limit: int):
+        self.reader, self.left = reader, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.reader.readline(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong(f"request headers over {HEADER_BYTES} bytes")
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return self.reader.read(size)
+
+
 def _refuse(connection: socket.socket) -> None:
     """Answer 503 on a connection beyond the limit without reading it (never blocks)."""
     body = b'{"error": "the server is busy (too many connections at once); try again in a moment"}'
@@ -863,6 +887,8 @@ def run(args) -> int:
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing to clean up yet
+        return 130
     try:
         app = App(models, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
                   max_memory=int(args.max_memory_gb * 2**30), tile=args.tile, tile_overlap=args.tile_overlap, log=log)

@@ -203,6 +203,10 @@ def test_defaults_bind_loopback_and_limits():
         "127.0.0.1", 7860, 50.0, 4.0, 2.0, 0)
     args = parser.parse_args(["serve", "--model", "a", "--model", "b", "--port", "0"])
     assert args.model == ["a", "b"] and args.port == 0
+    # --tile means what it means for flowsr upscale: 0 automatic, -1 never
+    serve_help = " ".join(parser._subparsers._group_actions[0].choices["serve"].format_help().split())
+    assert "--tile TILE LR tile size in pixels; 0: automatic, as for flowsr upscale" in serve_help
+    assert "-1: never tile" in serve_help
 
 
 def test_server_listens_on_loopback(served):
@@ -620,6 +624,12 @@ def test_malformed_host_or_origin_is_a_400_not_a_500(served):
     status, reply = raw_request(client.url, "GET", "//[abc/api/info", {"Host": own})
     assert status == 404, reply  # http.server folds the leading slashes: a path like any other
     assert raw_request(client.url, "GET", "/api/info", {"Host": f"[::1]:{own.split(':')[1]}"})[0] == 200
+    # the request line and headers are bounded in all (64 KB), not only per line (64 KB each, 100 of them)
+    parts = urllib.parse.urlsplit(client.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        filler = "".join(f"X-Filler-{i}: {'x' * 30_000}\r\n" for i in range(3))
+        connection.sendall(f"GET /api/info HTTP/1.1\r\nHost: {own}\r\n{filler}\r\n".encode())
+        assert connection.recv(100).startswith(b"HTTP/1.0 431")
     assert process.poll() is None
 
 
