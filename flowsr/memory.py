@@ -6,9 +6,9 @@ smaller tiles when those fit. The estimate follows what the streaming path holds
 
 - decoding (:func:`decode_bytes`): the file's bytes, Pillow's pixels and the float32 copies;
 - the decoded input, held while it is upscaled (float32 planes, and the RGB + alpha stack);
-- the tiler: an accumulator one tile high and the full output width, and the cached source-noise
-  bands over it (:data:`flowsr.pipeline.NOISE_BAND` rows each);
-- row bands on their way into the PNG encoder (a few copies of NOISE_BAND rows);
+- the streamed rows (:func:`flowsr.pipeline.row_buffer_bytes`): the accumulator one row of tiles
+  high and the full output wide, the cached source-noise bands over it, and the finished bands on
+  their way into the PNG encoder;
 - one tile through the model: image-sized tensors (resize, padding, noise, sampler state), the
   resize matrices, and the network's activations (:func:`network_bytes`).
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import math
 import weakref
 from functools import lru_cache
 
@@ -30,15 +29,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from flowsr.nets import NetConfig, UNet
-from flowsr.pipeline import NOISE_BAND
+from flowsr.pipeline import row_buffer_bytes
 
 FLOAT = 4  # bytes of a float32
 DECODE_BYTES_PER_PIXEL = 64  # Pillow's pixels, the float32 array and its channel-first copy (16-bit colour:
 # two decodes and uint16 planes too); measured <= 48 for RGBA 16-bit PNG
 IMAGE_COPIES = 12  # tile-sized tensors alive at once in a network pass (resize, pad, noise, source, sampler
 # state, output, clamp, blend window), in planes of the padded tile; bicubic holds 4
-BAND_COPIES = 6  # copies of a band of finished rows on its way to the PNG encoder (blend weight, division,
-# clamp, stacking, quantisation, filter)
 NET_MARGIN = 1.5  # resident peak / live-tensor peak of a U-Net forward on the CPU, measured <= 1.45
 # (convolution working buffers)
 NET_FALLBACK_PER_PIXEL = 2048  # bytes per network input pixel when the meta-device count fails
@@ -74,23 +71,12 @@ def upscale_bytes(model, height: int, width: int, channels: int = 3, alpha: bool
     ``upscale_image_rows`` takes it (0 or less: the whole image in one pass). The decoded input is
     counted; decoding is not (see :func:`decode_bytes`).
     """
-    scale = model.scale
     planes = 3 + alpha  # what the tiler carries: grey is expanded to RGB
-    out_width = width * scale
     held = FLOAT * (channels + alpha) * height * width + (FLOAT * planes * height * width if alpha else 0)
     tiled = tile > 0 and (height > tile or width > tile)
     tile_h, tile_w = (min(tile, height), min(tile, width)) if tiled else (height, width)
-    noise = model.net is not None and model.config.kind != "regression"
-    if tiled:
-        band_rows = min(NOISE_BAND, tile_h * scale)
-        tiler = FLOAT * planes * tile_h * scale * out_width  # the accumulator
-        if noise:  # the cached full-width noise bands over one row of tiles
-            tiler += FLOAT * 3 * (math.ceil(tile_h * scale / NOISE_BAND) + 1) * NOISE_BAND * out_width
-    else:
-        band_rows = height * scale  # one band: the whole output
-        tiler = 2 * FLOAT * 3 * height * scale * out_width if noise else 0  # noise bands and their join
-    bands = BAND_COPIES * FLOAT * planes * band_rows * out_width
-    return held + tiler + bands + _pass_bytes(model, tile_h, tile_w, planes) + FIXED
+    rows = row_buffer_bytes(height, width, model.scale, tile, planes, model._needs_noise)
+    return held + rows + _pass_bytes(model, tile_h, tile_w, planes) + FIXED
 
 
 def _pass_bytes(model, height: int, width: int, planes: int) -> int:

@@ -51,6 +51,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import math
 import os
 import queue
 import secrets
@@ -361,7 +362,7 @@ class App:
         with self._watch(model, job):
             rows = model.upscale_image_rows(image, job.settings, seed=image_seed(job.seed, job.name),
                                             tile=job.tile, tile_overlap=self.tile_overlap)
-            write_image_rows(target, rows, image.bit_depth)  # streamed; nothing is left if a tile raises
+            write_image_rows(target, rows, image.bit_depth, color=image.color)  # streamed; nothing left if it raises
         seconds = time.monotonic() - job.started
         knob = _kind(model) == "oftsr" or (_kind(model) == "meanflow" and settings.steps == 1)
         output = {**job.info["input"], "width": width * model.scale, "height": height * model.scale}
@@ -411,9 +412,10 @@ class App:
         """(tile, estimated peak bytes) for upscaling ``image``: the configured or automatic tile, halved
         while the job does not fit in :attr:`job_memory`; RequestError 413 when none fits."""
         from flowsr import memory
-        from flowsr.pipeline import AUTO_TILE, auto_tile
+        from flowsr.pipeline import AUTO_TILE, auto_tile, row_buffer_bytes
 
         height, width = image.rgb.shape[-2:]
+        planes = 3 + (image.alpha is not None)
         first = auto_tile(height, width) if self.tile == 0 else max(self.tile, 0)
         tiles = [first]
         side = first or AUTO_TILE
@@ -425,8 +427,9 @@ class App:
         for tile in tiles:
             need = max(decoding, memory.upscale_bytes(model, height, width, image.rgb.shape[0],
                                                       image.alpha is not None, tile))
-            if need <= self.job_memory:
-                return tile, need
+            rows = row_buffer_bytes(height, width, model.scale, tile, planes, model._needs_noise)
+            if need <= self.job_memory and (model.max_row_buffers is None or rows <= model.max_row_buffers):
+                return tile, need  # (the pipeline refuses rows over max_row_buffers itself)
             best = need if best is None else min(best, need)
         raise RequestError(413, f"{name}: upscaling this {width}x{height} image with {model_name} needs about "
                                 f"{_gb(best)} of memory, more than this server allows for one job "
@@ -875,8 +878,8 @@ def run(args) -> int:
 
     memory.return_freed_memory()  # the resident memory then follows the jobs' estimates
     specs = list(dict.fromkeys(args.model or [default_model(), "bicubic"]))
-    if not (args.max_upload_mb > 0 and args.max_megapixels > 0 and args.max_memory_gb > 0):
-        print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive", file=sys.stderr)
+    if not all(0 < value < math.inf for value in (args.max_upload_mb, args.max_megapixels, args.max_memory_gb)):
+        print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive numbers", file=sys.stderr)
         return 2
     models = {}
     try:
