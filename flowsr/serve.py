@@ -669,7 +669,7 @@ class Handler(BaseHTTPRequestHandler):
                     chunk = self.rfile.read(min(self.unread, CHUNK))
                 except TimeoutError:
                     self.unread = 0
-                    raise RequestError(408, f"upload stalled: no data for {STALL_SECONDS} s") from None
+                    raise RequestError(408, f"upload stalled: no data for {self.timeout:g} s") from None
                 if not chunk:
                     received, self.unread = length - self.unread, 0
                     raise RequestError(400, f"upload cut short: got {received} of {length} bytes")

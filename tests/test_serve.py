@@ -551,7 +551,7 @@ def test_held_uploads_are_bounded_and_the_server_keeps_answering(limited):
     size = 4 << 20  # --max-upload-mb 4
     payload = os.urandom(size - 1)  # every body stops one byte short: the server waits for the last one
     parts = urllib.parse.urlsplit(client.url)
-    sockets, refused = [], 0
+    sockets, refused = [], set()  # the uploads answered 503
     try:
         for index in range(40):
             connection = socket.create_connection((parts.hostname, parts.port), timeout=30)
@@ -561,7 +561,7 @@ def test_held_uploads_are_bounded_and_the_server_keeps_answering(limited):
             try:
                 connection.sendall(head + payload)
             except OSError:  # refused with 503 and closed before the body was sent
-                refused += 1
+                refused.add(index)
         latencies = []
         for _ in range(10):  # all 40 held: the page still gets its answers
             start = time.monotonic()
@@ -570,18 +570,18 @@ def test_held_uploads_are_bounded_and_the_server_keeps_answering(limited):
             time.sleep(0.05)
         during = status_kb(process.pid, "VmRSS") / 1024
         uploads = list(temp.rglob("*.upload"))
-        answers = []
-        for connection in sockets:
+        for index, connection in enumerate(sockets):
             connection.settimeout(0.5)
             with contextlib.suppress(OSError):
-                answers.append(connection.recv(64))
+                if connection.recv(64).startswith(b"HTTP/1.0 503"):
+                    refused.add(index)
     finally:
         for connection in sockets:
             connection.close()
     print(f"40 held uploads of {size >> 20} MB: RSS {before:.0f} -> {during:.0f} MB, /api/info in "
           f"{max(latencies) * 1000:.0f} ms at most, {len(uploads)} being received")
     assert len(uploads) <= 8  # at most max_uploads bodies arrive at once, streamed to files
-    assert sum(answer.startswith(b"HTTP/1.0 503") for answer in answers) + refused >= 40 - 8
+    assert len(refused) >= 40 - 8
     assert during - before < 64  # the 160 MB sent are on disk, not in memory
     deadline = time.monotonic() + 30  # the server notices the closed connections and removes their files
     while list(temp.rglob("*.upload")) and time.monotonic() < deadline:
@@ -795,8 +795,8 @@ def test_connections_beyond_the_limit_get_503_and_a_stalled_upload_is_dropped(mo
         wait_for(lambda: list(app.folder.glob("*.upload")))
         extra = socket.create_connection((host, port), timeout=10)  # the fourth at once
         assert extra.recv(200).startswith(b"HTTP/1.0 503 Service Unavailable")
-        answer = stalled.recv(400)
-        assert answer.startswith(b"HTTP/1.0 408") and b"upload stalled" in answer
+        answer = b"".join(iter(lambda: stalled.recv(4096), b""))  # the answer, then the server closes
+        assert answer.startswith(b"HTTP/1.0 408") and b"upload stalled: no data for 1 s" in answer
         wait_for(lambda: not list(app.folder.glob("*.upload")))  # its partial file is removed
         for connection in [stalled, extra, *idle]:
             connection.close()
