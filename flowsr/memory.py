@@ -32,8 +32,9 @@ from flowsr.nets import NetConfig, UNet
 from flowsr.pipeline import row_buffer_bytes
 
 FLOAT = 4  # bytes of a float32
-DECODE_BYTES_PER_PIXEL = 64  # Pillow's pixels, the float32 array and its channel-first copy (16-bit colour:
-# two decodes and uint16 planes too); measured <= 48 for RGBA 16-bit PNG
+DECODE_BYTES_PER_PIXEL = 96  # Pillow's pixels, the float32 array and its channel-first copy (16-bit colour:
+# two decodes and uint16 planes too); measured 73 for a 16-bit RGBA PNG read from its bytes
+DECODE_FIXED = 16 << 20  # the decoders' own buffers (measured about 1 MB)
 IMAGE_COPIES = 12  # tile-sized tensors alive at once in a network pass (resize, pad, noise, source, sampler
 # state, output, clamp, blend window), in planes of the padded tile; bicubic holds 4
 NET_MARGIN = 1.5  # resident peak / live-tensor peak of a U-Net forward on the CPU, measured <= 1.45
@@ -58,8 +59,9 @@ def return_freed_memory() -> bool:
 
 
 def decode_bytes(file_bytes: int, pixels: int) -> int:
-    """Peak memory of :func:`flowsr.io.read_image` on a file of ``file_bytes`` with ``pixels`` pixels."""
-    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels
+    """Peak memory of :func:`flowsr.io.read_image_bytes` on a file of ``file_bytes`` with ``pixels``
+    pixels, its bytes included."""
+    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels + DECODE_FIXED
 
 
 def upscale_bytes(model, height: int, width: int, channels: int = 3, alpha: bool = False,

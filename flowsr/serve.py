@@ -781,6 +781,9 @@ class _HeaderLimit:
     def read(self, size: int = -1) -> bytes:
         return self.reader.read(size)
 
+    def __getattr__(self, name: str):  # close, closed, ...: the reader's own
+        return getattr(self.reader, name)
+
 
 def _refuse(connection: socket.socket) -> None:
     """Answer 503 on a connection beyond the limit without reading it (never blocks)."""
