@@ -267,9 +267,10 @@ class App:
                                                  "(the server's limit is flowsr serve --max-megapixels)")
                     raise RequestError(413 if "too large" in message else 415, message) from error
                 tile, estimate = self._plan(model, model_name, image, path.stat().st_size, name)
+                described = _describe(image)
+                del image  # before the next upload is decoded: the worker decodes it again
             job = Job(secrets.token_hex(8), name, model_name, settings, seed, path, tile)
-            job.info = {"input": _describe(image), "tile": tile, "memory_estimate": estimate}
-            del image
+            job.info = {"input": described, "tile": tile, "memory_estimate": estimate}
             with self.lock:
                 if self._waiting(locked=True) >= self.max_queue or self.stopping:
                     raise RequestError(503, "the queue is full; try again in a moment")
