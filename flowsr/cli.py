@@ -662,7 +662,7 @@ def _serve(args) -> int:
     problem = None
     if not 0 <= args.port <= 65535:
         problem = f"--port must be in 0..65535 (0: any free port), got {args.port}"
-    for option in ("max_upload_mb", "max_megapixels"):
+    for option in ("max_upload_mb", "max_megapixels", "max_memory_gb"):
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             problem = f"--{option.replace('_', '-')} must be a positive number, got {value:g}"

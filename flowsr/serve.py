@@ -1,6 +1,7 @@
 """``flowsr serve``: a local web page to try the models, built on the standard library only.
 
-    flowsr serve [--model M ...] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 50] [--max-megapixels 40]
+    flowsr serve [--model M ...] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 50]
+                 [--max-megapixels 4] [--max-memory-gb 2]
 
 The page (``flowsr/static/``: plain HTML, CSS and JavaScript, nothing fetched from the internet) uploads
 an image, picks the model, the steps and the fidelity–realism knob ``t``, polls the job until it is
@@ -8,25 +9,53 @@ done, and shows the result beside the input with a comparison slider, zoom, the 
 
 HTTP API (JSON unless noted; errors are ``{"error": "<one line>"}`` with a 4xx/5xx status):
 
-- ``GET /api/info``: models (name, kind, scale, defaults, which knobs apply) and the upload limits.
+- ``GET /api/info``: models (name, kind, scale, defaults, which knobs apply) and the limits.
 - ``POST /api/jobs?model=M&steps=N&t=T&seed=S&name=FILE`` with the image file as the raw body:
-  ``202 {"id": ...}``; 400 bad settings, 413 too large, 415 not an image / corrupt, 503 queue full.
+  ``202 {"id": ...}``; 400 bad settings or headers, 403 another origin, 411 no Content-Length,
+  413 too large (file, pixels, or the memory the job would need), 415 not an image / corrupt,
+  503 busy (queue full, too many uploads or connections at once).
 - ``GET /api/jobs/ID``: state (queued | running | done | error), queue position, tile progress,
-  seconds, NFE, sizes.  ``GET /api/jobs/ID/result[?download=1]``: the PNG.  ``DELETE /api/jobs/ID``.
+  seconds, NFE, sizes, the tile used.  ``GET /api/jobs/ID/result[?download=1]``: the PNG.
+  ``DELETE /api/jobs/ID``: forget the job; a running one stops at its next tile or network layer.
 
-One worker thread runs the jobs in order, so concurrent users share each model safely. Uploads are
-decoded in memory; the PNG is encoded in a ``tempfile.TemporaryDirectory`` deleted right after. The
-result keeps the input's mode (greyscale, alpha, 16-bit), as ``flowsr upscale`` writes it, and the
-same file name and seed give the same pixels as ``flowsr upscale --seed S``.
+What no request can do (each is a test in ``tests/test_serve.py``, listed in RELIABILITY.md):
+
+- **Exhaust memory.** Jobs stream like ``flowsr upscale`` (tiles, rows written to a PNG file as they
+  finish). Before a job is accepted its peak memory is estimated (:mod:`flowsr.memory`); it must fit
+  in ``--max-memory-gb`` beside the loaded models and the server's own buffers. Smaller tiles are
+  taken when the automatic ones do not fit; what fits with none is refused with 413 and a sentence.
+  Queued jobs are files on disk, not decoded images; one upload is decoded (checked) at a time.
+- **Hold unbounded bytes.** Request bodies are streamed to files in 256 KiB chunks; at most
+  ``max_uploads`` bodies are received at once and ``max_connections`` connections served (503
+  beyond); a connection that sends nothing for 60 s is dropped.
+- **Act for a foreign page.** Only the page's own origin may call the API: a request whose
+  ``Origin`` is not ``http://<Host>`` (``null`` included), or that a browser marks cross-site, is
+  refused (403); on a loopback address the Host must be a loopback name too (against DNS
+  rebinding). A malformed Host or Origin is a 400.
+- **Outlive its cancellation.** ``DELETE`` and shutdown (SIGTERM, SIGINT) stop the running job at
+  its next tile or network layer; the server then removes its temporary folder and exits 0.
+
+The standard library, not uvicorn + starlette: each bound above is a few lines here (a semaphore, a
+chunked read, a socket timeout), the hard ones (memory, cancellation, shutdown) live in the job
+worker whatever serves the HTTP, uvicorn has no timeout for a stalled request body, and the page
+keeps working offline with no dependency beyond flowsr's own.
+
+One worker thread runs the jobs in order, so concurrent users share each model safely. The result
+keeps the input's mode (greyscale, alpha, 16-bit), as ``flowsr upscale`` writes it, and the same
+file name, seed and tile give the same pixels as ``flowsr upscale --seed S --tile T``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import json
+import math
+import os
 import queue
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -34,6 +63,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,7 +76,13 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-
                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                                "object-src 'none'; frame-ancestors 'none'"}
 MAX_STEPS = 256
-DRAIN_LIMIT = 1 << 30  # an oversized body up to this is read and dropped, so the client sees the 413
+CHUNK = 256 << 10  # bytes read or written at a time
+DRAIN_LIMIT = 1 << 30  # a refused body up to this is read and dropped, so the client sees the answer
+STALL_SECONDS = 60  # a connection that sends nothing this long is dropped
+HEADER_BYTES = 64 << 10  # request line and headers together, at most (http.server alone allows 6.5 MB)
+CONNECTION_BYTES = 1 << 20  # memory set aside per connection (thread stack, header and chunk buffers)
+MIN_JOB_MEMORY = 128 << 20  # less room than this for a job: the server refuses to start
+SMALLEST_TILE = 32  # tiles are halved down to this side to fit the memory budget
 
 
 class RequestError(Exception):
@@ -57,61 +93,97 @@ class RequestError(Exception):
         self.status = status
 
 
+class Cancelled(Exception):
+    """Raised inside the worker at a tile or layer boundary when its job is deleted or the server stops."""
+
+
 @dataclass(eq=False)
 class Job:
-    """One upload: queued, then run by the worker; ``result`` holds the PNG bytes once done."""
+    """One upload: queued as a file, then run by the worker into a PNG file ``result``."""
 
     id: str
     name: str
     model: str
     settings: object  # flowsr.pipeline.Settings
     seed: int
-    image: object | None  # flowsr.io.Image until the worker has used it
-    state: str = "queued"  # queued | running | done | error
+    upload: Path | None  # the uploaded file until the worker has decoded it
+    tile: int = 0  # LR tile side the job runs with (0: whole image)
+    state: str = "queued"  # queued | running | done | error | cancelled
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
     tiles_done: int = 0
     tiles_total: int = 0
-    result: bytes | None = None
+    result: Path | None = None
     info: dict = field(default_factory=dict)
     error: str | None = None
+    cancelled: bool = False
 
 
 class App:
     """The models, the job queue and its single worker thread; the HTTP handler only calls these methods.
 
     ``models``: display name -> :class:`flowsr.pipeline.Upscaler` (the first is the page's default).
-    ``max_pixels``: largest accepted input in pixels; ``tile``: LR tile size for large inputs (0: none).
-    At most ``max_queue`` jobs, and ``2 * max_pixels`` pixels (decoded images are held in memory), wait;
-    the newest ``keep`` finished jobs are kept for ``keep_seconds``; two uploads are decoded at a time.
+    ``max_pixels``: largest accepted input in pixels. ``max_memory``: bytes the whole process may use;
+    each job's estimate must fit in what is left beside ``baseline`` (the process's memory with the
+    models loaded; measured when not given) and the buffers of uploads and connections.
+    ``tile``: LR tile side, 0 automatic (as ``flowsr upscale --tile 0``), -1 never tile; tiles are
+    halved (down to 32) while a job does not fit. At most ``max_queue`` jobs wait; at most
+    ``max_uploads`` bodies are received and ``max_connections`` connections served at once. The newest
+    ``keep`` finished jobs are kept for ``keep_seconds``, their PNGs up to ``keep_bytes`` in all.
+    Files live in :attr:`folder`, a temporary folder removed by :meth:`stop`.
     """
 
-    def __init__(self, models: dict, max_upload_bytes: int = 50 << 20, max_pixels: int = 40_000_000,
-                 tile: int = 256, tile_overlap: int = 16, max_queue: int = 32, keep: int = 32,
-                 keep_seconds: float = 1800.0, log=None):
+    def __init__(self, models: dict, max_upload_bytes: int = 50 << 20, max_pixels: int = 4_000_000,
+                 max_memory: int = 2 << 30, tile: int = 0, tile_overlap: int = 16, max_queue: int = 32,
+                 max_uploads: int = 8, max_connections: int = 64, keep: int = 32, keep_seconds: float = 1800.0,
+                 keep_bytes: int = 2 << 30, baseline: int | None = None, log=None):
+        from flowsr import memory
+
         self.models = models
-        self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
+        self.max_upload_bytes, self.max_pixels, self.max_memory = max_upload_bytes, max_pixels, max_memory
         self.tile, self.tile_overlap = tile, tile_overlap
-        self.max_queue, self.keep, self.keep_seconds = max_queue, keep, keep_seconds
+        self.max_queue, self.max_uploads, self.max_connections = max_queue, max_uploads, max_connections
+        self.keep, self.keep_seconds, self.keep_bytes = keep, keep_seconds, keep_bytes
         self.log = log or (lambda message: None)
+        self.baseline = _resident_bytes() if baseline is None else baseline
+        # beside the running job: one upload being checked, the upload chunks, the connection threads
+        self.reserve = (memory.decode_bytes(max_upload_bytes, max_pixels) + max_uploads * CHUNK
+                        + max_connections * CONNECTION_BYTES)
+        self.job_memory = max_memory - self.baseline - self.reserve
+        if self.job_memory < MIN_JOB_MEMORY:
+            raise ValueError(f"--max-memory-gb {max_memory / 2**30:g} leaves no room for a job: the loaded models "
+                             f"take {_gb(self.baseline)} and checking one upload ({max_pixels / 1e6:g} megapixels, "
+                             f"{max_upload_bytes / 2**20:g} MB) with the connections' buffers {_gb(self.reserve)}; "
+                             "raise --max-memory-gb or lower --max-megapixels")
         self.jobs: dict[str, Job] = {}  # insertion order = submission order
         self.lock = threading.Lock()
         self.queue: queue.Queue[Job | None] = queue.Queue()
-        self.decoding = threading.Semaphore(2)
+        self.checking = threading.Lock()  # one upload decoded at a time
+        self.uploads = threading.BoundedSemaphore(max_uploads)
         self.stopping = False
+        self.folder = Path(tempfile.mkdtemp(prefix="flowsr-serve-"))
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         self.worker = threading.Thread(target=self._work, name="flowsr-serve-worker", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> App:
+        from flowsr import memory
+
+        for model in self.models.values():  # the first estimate of a network warms the meta device up
+            if model.net is not None:
+                memory.upscale_bytes(model, 16, 16)
         self.worker.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the running job (waiting up to ``timeout`` s), drop the queued ones."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel the running job at its next tile or layer, drop the queued ones, wait for the worker
+        (up to ``timeout`` s; None: as long as it takes) and remove the temporary folder."""
         self.stopping = True
         self.queue.put(None)
-        self.worker.join(timeout)
+        if self.worker.is_alive():
+            self.worker.join(timeout)
+        self._remove_folder()
 
     # -- what the page asks ----------------------------------------------------------------------
     def info(self) -> dict:
@@ -125,11 +197,11 @@ class App:
                            "steps": kind in ("flow", "meanflow"),  # the knobs the page enables
                            "t": kind in ("oftsr", "meanflow")})
         return {"models": models, "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+                "max_memory_bytes": self.max_memory, "job_memory_bytes": self.job_memory,
                 "max_steps": MAX_STEPS, "tile": self.tile}
 
-    def submit(self, data: bytes, params: dict[str, str]) -> Job:
-        """Check the settings, decode the upload and queue it; raises RequestError (4xx/503)."""
-        from flowsr.io import ImageReadError, read_image_bytes
+    def check(self, params: dict[str, str]) -> tuple:
+        """The job's (name, model name, settings, seed) from the query; raises RequestError (400)."""
         from flowsr.pipeline import Settings
 
         name = "".join(c if c.isprintable() else "_" for c in Path(params.get("name") or "").name[:200])
@@ -137,7 +209,6 @@ class App:
         model_name = params.get("model") or next(iter(self.models))
         if model_name not in self.models:
             raise RequestError(400, f"unknown model {model_name!r} (this server has: {', '.join(self.models)})")
-        model = self.models[model_name]
         steps = _number(params, "steps", int)
         t = _number(params, "t", float)
         seed = _number(params, "seed", int) or 0
@@ -147,31 +218,70 @@ class App:
             raise RequestError(400, f"seed must be in [0, 2^63), got {seed}")
         settings = Settings(steps=steps, t=t)
         try:
-            model.resolve(settings)
+            self.models[model_name].resolve(settings)
         except ValueError as error:
             raise RequestError(400, str(error)) from error
-        busy = RequestError(503, "the queue is full; try again in a moment")
-        if self._waiting()[0] >= self.max_queue:
-            raise busy
+        return name, model_name, settings, seed
+
+    def check_room(self) -> None:
+        """Raise RequestError (503) when the queue is full or the server is stopping."""
+        if self.stopping:
+            raise RequestError(503, "the server is stopping")
+        if self._waiting() >= self.max_queue:
+            raise RequestError(503, "the queue is full; try again in a moment")
+
+    @contextlib.contextmanager
+    def upload_slot(self):
+        """Hold one of the ``max_uploads`` slots for receiving a body; RequestError (503) when none is free."""
+        if not self.uploads.acquire(blocking=False):
+            raise RequestError(503, f"{self.max_uploads} uploads are already arriving; try again in a moment")
         try:
-            with self.decoding:
-                image = read_image_bytes(data, name, max_pixels=self.max_pixels)
-        except ImageReadError as error:
-            message = str(error).replace("(pass --allow-large to override)",
-                                         "(the server's limit is flowsr serve --max-megapixels)")
-            status = 413 if "too large" in message else 415
-            raise RequestError(status, message) from error
-        job = Job(secrets.token_hex(8), name, model_name, settings, seed, image)
-        job.info = {"input": _describe(image)}
-        with self.lock:
-            count, pixels = self._waiting(locked=True)
-            if count >= self.max_queue or (count and pixels + _pixels(image) > 2 * self.max_pixels):
-                raise busy
-            self._expire()
-            self.jobs[job.id] = job
+            yield
+        finally:
+            self.uploads.release()
+
+    def new_file(self, suffix: str = ".upload") -> Path:
+        """A fresh file name in the server's temporary folder."""
+        return self.folder / f"{secrets.token_hex(8)}{suffix}"
+
+    def submit(self, upload: bytes | Path, params: dict[str, str]) -> Job:
+        """Check the settings and the image, estimate the job's memory and queue it.
+
+        ``upload``: the file's bytes, or a file in :attr:`folder` the job then owns (it is removed
+        on refusal). Raises RequestError: 400 settings, 413 too large, 415 not an image, 503 busy.
+        """
+        from flowsr.io import ImageReadError, read_image_bytes
+
+        path = upload if isinstance(upload, Path) else self.new_file()
+        try:
+            if not isinstance(upload, Path):
+                path.write_bytes(upload)
+            name, model_name, settings, seed = self.check(params)
+            self.check_room()
+            model = self.models[model_name]
+            with self.checking:
+                try:
+                    image = read_image_bytes(path.read_bytes(), name, max_pixels=self.max_pixels)
+                except ImageReadError as error:
+                    message = str(error).replace("(pass --allow-large to override)",
+                                                 "(the server's limit is flowsr serve --max-megapixels)")
+                    raise RequestError(413 if "too large" in message else 415, message) from error
+                tile, estimate = self._plan(model, model_name, image, path.stat().st_size, name)
+                described = _describe(image)
+                del image  # before the next upload is decoded: the worker decodes it again
+            job = Job(secrets.token_hex(8), name, model_name, settings, seed, path, tile)
+            job.info = {"input": described, "tile": tile, "memory_estimate": estimate}
+            with self.lock:
+                if self._waiting(locked=True) >= self.max_queue or self.stopping:
+                    raise RequestError(503, "the queue is full; try again in a moment")
+                self._expire()
+                self.jobs[job.id] = job
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         self.queue.put(job)
         self.log(f"job {job.id}: {name} {job.info['input']['width']}x{job.info['input']['height']} "
-                 f"queued for {model_name}")
+                 f"queued for {model_name} (tile {tile}, about {_gb(estimate)})")
         return job
 
     def status(self, job_id: str) -> dict:
@@ -193,8 +303,8 @@ class App:
             status["error"] = job.error
         return status
 
-    def result(self, job_id: str) -> tuple[bytes, str]:
-        """The result PNG and a download name, e.g. ``photo_x4.png``."""
+    def result(self, job_id: str) -> tuple[Path, str]:
+        """The result PNG's path and a download name, e.g. ``photo_x4.png``."""
         job = self._job(job_id)
         if job.state != "done" or job.result is None:
             raise RequestError(409, f"job {job_id} is {job.state}, it has no result" +
@@ -203,54 +313,129 @@ class App:
         return job.result, f"{stem}_x{self.models[job.model].scale}.png"
 
     def delete(self, job_id: str) -> None:
+        """Forget the job: a queued one is skipped, a running one stops at its next tile or layer."""
         job = self._job(job_id)
         with self.lock:
             self.jobs.pop(job.id, None)
-            job.image = job.result = None  # a queued job is skipped by the worker
+            job.cancelled = True
+            if job.state != "running":  # the worker removes a running job's files itself
+                _remove(job)
 
     # -- the worker ------------------------------------------------------------------------------
     def _work(self) -> None:
-        while (job := self.queue.get()) is not None and not self.stopping:
-            if job.image is None:  # deleted while queued
-                continue
+        while (job := self.queue.get()) is not None:
+            with self.lock:
+                if job.cancelled or self.stopping:
+                    _remove(job)
+                    continue
+                job.started, job.state = time.monotonic(), "running"
             try:
                 self._process(job)
+            except Cancelled:
+                job.state = "cancelled"
+                self.log(f"job {job.id}: cancelled after {job.tiles_done} of {job.tiles_total} tiles")
             except Exception as error:  # one bad job (e.g. out of memory) must not stop the server
                 job.error = " ".join(f"{type(error).__name__}: {error}".split())[:500]
                 job.state = "error"
                 self.log(f"job {job.id}: failed: {job.error}")
             finally:
-                job.image = None
                 job.finished = time.monotonic()
+                with self.lock:
+                    if job.upload is not None:
+                        job.upload.unlink(missing_ok=True)
+                        job.upload = None
+                    if job.cancelled or job.state != "done":
+                        _remove(job)
+                _clear_resize_cache()
 
     def _process(self, job: Job) -> None:
-        from flowsr.io import save_image
+        from flowsr.io import read_image_bytes, write_image_rows
         from flowsr.pipeline import image_seed
 
-        model, image = self.models[job.model], job.image
-        if image is None:  # deleted just now
-            return
-        job.started, job.state = time.monotonic(), "running"
+        model = self.models[job.model]
+        image = read_image_bytes(job.upload.read_bytes(), job.name, max_pixels=self.max_pixels)
+        job.upload.unlink()
         height, width = image.rgb.shape[-2:]
-        job.tiles_total = _tile_count(height, self.tile, self.tile_overlap) * _tile_count(
-            width, self.tile, self.tile_overlap)
+        job.tiles_total = _tile_count(height, job.tile, self.tile_overlap) * _tile_count(
+            width, job.tile, self.tile_overlap)
         settings = model.resolve(job.settings)
-        with _count_passes(model, job):
-            result = model.upscale_image(image, job.settings, seed=image_seed(job.seed, job.name),
-                                         tile=self.tile, tile_overlap=self.tile_overlap)
+        target = self.folder / f"{job.id}.png"
+        with self._watch(model, job):
+            rows = model.upscale_image_rows(image, job.settings, seed=image_seed(job.seed, job.name),
+                                            tile=job.tile, tile_overlap=self.tile_overlap)
+            write_image_rows(target, rows, image.bit_depth, color=image.color)  # streamed; nothing left if it raises
         seconds = time.monotonic() - job.started
-        with tempfile.TemporaryDirectory(prefix="flowsr-serve-") as folder:
-            job.result = save_image(Path(folder) / "result.png", result).read_bytes()
         knob = _kind(model) == "oftsr" or (_kind(model) == "meanflow" and settings.steps == 1)
-        job.info.update(output=_describe(result), seconds=round(seconds, 3), nfe=model.nfe(settings),
+        output = {**job.info["input"], "width": width * model.scale, "height": height * model.scale}
+        job.info.update(output=output, seconds=round(seconds, 3), nfe=model.nfe(settings),
                         steps=settings.steps, t=settings.t if knob else None,
-                        png_bytes=len(job.result), notes=list(image.notes))
+                        png_bytes=target.stat().st_size, notes=list(image.notes))
         job.settings = settings
-        job.state = "done"
-        self.log(f"job {job.id}: {job.name} -> {result.rgb.shape[-1]}x{result.rgb.shape[-2]} with "
+        with self.lock:
+            job.result, job.state = target, "done"
+        self.log(f"job {job.id}: {job.name} -> {output['width']}x{output['height']} with "
                  f"{job.model}, NFE {job.info['nfe']}, {seconds:.2f} s")
 
+    @contextlib.contextmanager
+    def _watch(self, model, job: Job):
+        """While ``job`` runs: count its finished tiles, and raise :class:`Cancelled` before the next tile
+        or network layer once it is deleted or the server stops (the pipeline has no hooks: this wraps
+        the model's per-tile ``_run`` on this instance and adds forward pre-hooks to its network's
+        modules; only the worker thread uses the models)."""
+
+        def check(*_):
+            if job.cancelled or self.stopping:
+                raise Cancelled
+
+        run = model._run
+
+        def counted(*args, **kwargs):
+            check()
+            out = run(*args, **kwargs)
+            job.tiles_done += 1
+            return out
+
+        had_own = "_run" in vars(model)
+        model._run = counted
+        hooks = [module.register_forward_pre_hook(check) for module in model.net.modules()] if model.net else []
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            if had_own:
+                model._run = run
+            else:
+                del model._run
+
     # -- helpers ---------------------------------------------------------------------------------
+    def _plan(self, model, model_name: str, image, file_bytes: int, name: str) -> tuple[int, int]:
+        """(tile, estimated peak bytes) for upscaling ``image``: the configured or automatic tile, halved
+        while the job does not fit in :attr:`job_memory`; RequestError 413 when none fits."""
+        from flowsr import memory
+        from flowsr.pipeline import AUTO_TILE, auto_tile, row_buffer_bytes
+
+        height, width = image.rgb.shape[-2:]
+        planes = 3 + (image.alpha is not None)
+        first = auto_tile(height, width) if self.tile == 0 else max(self.tile, 0)
+        tiles = [first]
+        side = first or AUTO_TILE
+        while self.tile >= 0 and side >= 2 * SMALLEST_TILE:
+            side //= 2
+            tiles.append(side)
+        decoding = memory.decode_bytes(file_bytes, height * width)
+        best = None
+        for tile in tiles:
+            need = max(decoding, memory.upscale_bytes(model, height, width, image.rgb.shape[0],
+                                                      image.alpha is not None, tile))
+            rows = row_buffer_bytes(height, width, model.scale, tile, planes, model._needs_noise)
+            if need <= self.job_memory and (model.max_row_buffers is None or rows <= model.max_row_buffers):
+                return tile, need  # (the pipeline refuses rows over max_row_buffers itself)
+            best = need if best is None else min(best, need)
+        raise RequestError(413, f"{name}: upscaling this {width}x{height} image with {model_name} needs about "
+                                f"{_gb(best)} of memory, more than this server allows for one job "
+                                f"({_gb(self.job_memory)}; flowsr serve --max-memory-gb); try a smaller image")
+
     def _job(self, job_id: str) -> Job:
         with self.lock:
             job = self.jobs.get(job_id)
@@ -258,28 +443,60 @@ class App:
             raise RequestError(404, f"no job {job_id!r} (finished jobs are kept {self.keep_seconds / 60:g} min)")
         return job
 
-    def _waiting(self, locked: bool = False) -> tuple[int, int]:
-        """(jobs, pixels) waiting in the queue."""
+    def _waiting(self, locked: bool = False) -> int:
+        """Jobs waiting in the queue."""
         with contextlib.nullcontext() if locked else self.lock:
-            sizes = [_pixels(job.image) for job in self.jobs.values()
-                     if job.state == "queued" and job.image is not None]
-        return len(sizes), sum(sizes)
+            return sum(1 for job in self.jobs.values() if job.state == "queued")
 
     def _expire(self) -> None:
-        """Drop finished jobs beyond the newest ``keep`` or older than ``keep_seconds`` (lock held)."""
+        """Drop finished jobs beyond the newest ``keep``, older than ``keep_seconds`` or, but for the newest,
+        beyond ``keep_bytes`` of results (lock held)."""
         finished = [job for job in self.jobs.values() if job.state in ("done", "error")]
-        now = time.monotonic()
+        now, kept_bytes = time.monotonic(), 0
         for index, job in enumerate(reversed(finished)):
-            if index >= self.keep or now - (job.finished or now) > self.keep_seconds:
+            kept_bytes += job.info.get("png_bytes", 0)
+            too_much = index > 0 and kept_bytes > self.keep_bytes
+            if index >= self.keep or now - (job.finished or now) > self.keep_seconds or too_much:
                 self.jobs.pop(job.id, None)
+                _remove(job)
+
+
+def _remove(job: Job) -> None:
+    """Delete the job's files (its upload and result)."""
+    for path in (job.upload, job.result):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    job.upload = job.result = None
+
+
+def _clear_resize_cache() -> None:
+    """Empty the resize-matrix caches after a job: matrices of other images' sizes would pile up."""
+    from flowsr import ops
+
+    ops._weight_matrix.cache_clear()
+    ops._torch_weight.cache_clear()
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux); elsewhere its peak so far, or 0."""
+    with contextlib.suppress(OSError, ValueError, IndexError, AttributeError):
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(ImportError, OSError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    return 0
+
+
+def _gb(size: float) -> str:
+    return f"{size / 2**30:.2f} GB" if size >= 2**30 / 10 else f"{size / 2**20:.0f} MB"
 
 
 def _kind(model) -> str:
     return model.config.kind if model.config is not None else "bicubic"
-
-
-def _pixels(image) -> int:
-    return int(image.rgb.shape[-1] * image.rgb.shape[-2])
 
 
 def _number(params: dict[str, str], key: str, kind):
@@ -302,33 +519,12 @@ def _describe(image) -> dict:
 
 
 def _tile_count(size: int, tile: int, overlap: int) -> int:
-    """How many tiles :meth:`flowsr.pipeline.Upscaler.upscale_tensor` runs along one side."""
+    """How many tiles :meth:`flowsr.pipeline.Upscaler.upscale_rows` runs along one side."""
     from flowsr.pipeline import _tile_starts
 
-    if not tile:
+    if tile <= 0:
         return 1
     return len(_tile_starts(size, tile, max(0, min(overlap, tile // 2))))
-
-
-@contextlib.contextmanager
-def _count_passes(model, job: Job):
-    """Count finished tiles in ``job.tiles_done`` (the pipeline has no progress hook; this wraps its
-    per-tile ``_run`` on this instance only, which just the worker thread uses)."""
-    run = getattr(model, "_run", None)
-    if run is None:
-        yield
-        return
-
-    def counted(*args, **kwargs):
-        out = run(*args, **kwargs)
-        job.tiles_done += 1
-        return out
-
-    model._run = counted
-    try:
-        yield
-    finally:
-        del model._run
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -338,7 +534,12 @@ class Handler(BaseHTTPRequestHandler):
     """Routes requests to the :class:`App` in ``self.server.app``; every error is a JSON 4xx/5xx."""
 
     server_version = "flowsr-serve"
-    timeout = 120  # seconds a stalled connection may hold a thread
+    timeout = STALL_SECONDS  # a connection that sends nothing this long is dropped
+    unread = 0  # bytes of the request body not read yet
+
+    def setup(self):
+        super().setup()
+        self.rfile = _HeaderLimit(self.rfile, HEADER_BYTES)
 
     def do_GET(self):
         self._handle(self._get)
@@ -354,12 +555,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, route) -> None:
         try:
-            self._check_host()
-            route(urllib.parse.urlsplit(self.path))
+            self._check_origin()
+            try:
+                url = urllib.parse.urlsplit(self.path)
+            except ValueError:
+                raise RequestError(400, f"malformed request path: {self.path[:100]!r}") from None
+            route(url)
         except RequestError as error:
-            self._json({"error": str(error)}, error.status)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+            if self.unread and error.status != 503:
+                self._drain()
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client may be gone
+                self._json({"error": str(error)}, error.status)
+        except OSError:  # the client went away or stalled
+            self.close_connection = True
         except Exception as error:  # a bug must cost one request, not the server
             self.server.app.log(f"internal error on {self.command} {self.path}: {error!r}")
             with contextlib.suppress(OSError):
@@ -377,12 +586,11 @@ class Handler(BaseHTTPRequestHandler):
         elif (job_id := _job_path(url.path)) is not None:
             self._json(app.status(job_id))
         elif (job_id := _job_path(url.path, "/result")) is not None:
-            data, filename = app.result(job_id)
-            download = urllib.parse.parse_qs(url.query).get("download") == ["1"]
+            path, filename = app.result(job_id)
             headers = {"Cache-Control": "private, max-age=3600"}
-            if download:
+            if _query(url).get("download") == "1":
                 headers["Content-Disposition"] = f'attachment; filename="{_quote_name(filename)}"'
-            self._send(data, "image/png", headers)
+            self._send_file(path, "image/png", headers)
         else:
             raise RequestError(404, f"not found: {url.path}")
 
@@ -390,8 +598,18 @@ class Handler(BaseHTTPRequestHandler):
         if url.path != "/api/jobs":
             raise RequestError(404, f"not found: {url.path}")
         app = self.server.app
-        params = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        job = app.submit(self._body(app.max_upload_bytes), params)
+        params = _query(url)
+        self.unread = self._content_length(app.max_upload_bytes)
+        app.check(params)  # refuse bad settings before the body arrives
+        app.check_room()
+        with app.upload_slot():
+            path = app.new_file()
+            try:
+                self._receive(path)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+        job = app.submit(path, params)
         self._json({"id": job.id, "status": f"/api/jobs/{job.id}"}, 202)
 
     def _delete(self, url) -> None:
@@ -402,18 +620,32 @@ class Handler(BaseHTTPRequestHandler):
         self._send(b"", "text/plain", status=204)
 
     # -- request and response plumbing -----------------------------------------------------------
-    def _check_host(self) -> None:
-        """On a loopback address, accept only loopback Host/Origin headers (against DNS rebinding)."""
-        if not self.server.loopback:
-            return
-        host = urllib.parse.urlsplit("//" + (self.headers.get("Host") or "")).hostname
+    def _check_origin(self) -> None:
+        """Only the page's own origin may use the server: a malformed Host or Origin is a 400; an Origin
+        other than ``http://<Host>`` (``null`` included), a browser's cross-site POST or DELETE, and on a
+        loopback address a Host that is not a loopback name (DNS rebinding) are refused with 403."""
+        host_header = self.headers.get("Host")
+        host = _host_port(host_header, "Host") if host_header is not None else None
+        if self.server.loopback and host is not None and not _is_loopback(host[0]):
+            raise RequestError(403, f"host {host[0]!r} refused: this server only answers on its loopback address")
         origin = self.headers.get("Origin")
-        origin_host = urllib.parse.urlsplit(origin).hostname if origin and origin != "null" else None
-        for name in (host, origin_host):
-            if name is not None and not _is_loopback(name):
-                raise RequestError(403, f"host {name!r} refused: this server only answers on its loopback address")
+        if origin is not None:
+            if origin.strip().lower() == "null":
+                raise RequestError(403, "requests from a sandboxed or local page (Origin: null) are refused; "
+                                        "use the page this server serves")
+            scheme, separator, rest = origin.strip().partition("://")
+            if not separator:
+                raise RequestError(400, f"malformed Origin header: {origin[:100]!r}")
+            name, port = _host_port(rest, "Origin")
+            own = None if host is None else ("http", host[0], host[1] or 80)
+            if (scheme.lower(), name, port or {"http": 80, "https": 443}.get(scheme.lower())) != own:
+                raise RequestError(403, f"requests from {origin[:100]!r} are refused: only this server's own page "
+                                        "may use it")
+        if self.command in ("POST", "DELETE") and (self.headers.get("Sec-Fetch-Site") or "").lower() in (
+                "cross-site", "same-site"):
+            raise RequestError(403, "cross-site requests are refused: only this server's own page may use it")
 
-    def _body(self, limit: int) -> bytes:
+    def _content_length(self, limit: int) -> int:
         length = self.headers.get("Content-Length")
         if length is None:
             raise RequestError(411, "send the image as the request body with a Content-Length")
@@ -424,39 +656,61 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             raise RequestError(400, "bad Content-Length")
         if length > limit:
-            self._drain(length)
+            self.unread = length
             raise RequestError(413, f"file too large: {length / 2**20:.1f} MB > limit {limit / 2**20:g} MB "
                                     "(the server's limit is flowsr serve --max-upload-mb)")
-        chunks, left = [], length
-        while left:
-            chunk = self.rfile.read(min(left, 1 << 20))
-            if not chunk:
-                raise RequestError(400, f"upload cut short: got {length - left} of {length} bytes")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return length
 
-    def _drain(self, length: int) -> None:
-        """Read and drop an oversized body (so the client reads our answer), or close if absurdly large."""
-        self.close_connection = True
-        if length > DRAIN_LIMIT:
+    def _receive(self, path: Path) -> None:
+        """Stream the body into ``path``, :data:`CHUNK` bytes at a time."""
+        length = self.unread
+        with path.open("wb") as handle:
+            while self.unread:
+                try:
+                    chunk = self.rfile.read(min(self.unread, CHUNK))
+                except TimeoutError:
+                    self.unread = 0
+                    raise RequestError(408, f"upload stalled: no data for {self.timeout:g} s") from None
+                if not chunk:
+                    received, self.unread = length - self.unread, 0
+                    raise RequestError(400, f"upload cut short: got {received} of {length} bytes")
+                handle.write(chunk)
+                self.unread -= len(chunk)
+
+    def _drain(self) -> None:
+        """Read and drop the rest of a refused body (so the client reads our answer), unless absurdly large."""
+        if self.unread > DRAIN_LIMIT:
             return
         with contextlib.suppress(OSError):
-            while length > 0 and (chunk := self.rfile.read(min(length, 1 << 20))):
-                length -= len(chunk)
+            while self.unread > 0 and (chunk := self.rfile.read(min(self.unread, CHUNK))):
+                self.unread -= len(chunk)
+        self.unread = 0
 
     def _json(self, payload: dict, status: int = 200) -> None:
         self._send(json.dumps(payload).encode(), "application/json", {"Cache-Control": "no-store"}, status)
 
-    def _send(self, data: bytes, content_type: str, headers: dict | None = None, status: int = 200) -> None:
+    def _headers(self, content_type: str, length: int, headers: dict | None, status: int) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(length))
         for key, value in {**SECURITY_HEADERS, **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
+
+    def _send(self, data: bytes, content_type: str, headers: dict | None = None, status: int = 200) -> None:
+        self._headers(content_type, len(data), headers, status)
         if self.command != "HEAD" and status not in (204, 304):
             self.wfile.write(data)
+
+    def _send_file(self, path: Path, content_type: str, headers: dict) -> None:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            raise RequestError(404, "the result was just deleted") from None
+        with handle:
+            self._headers(content_type, os.fstat(handle.fileno()).st_size, headers, 200)
+            if self.command != "HEAD":
+                shutil.copyfileobj(handle, self.wfile, CHUNK)
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         if self.server.verbose:
@@ -464,11 +718,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         if self.server.verbose or (isinstance(code, int) and code >= 400):
-            self.server.app.log(f'{self.command} {self.path.split("?")[0]} -> {int(code)}')
+            self.server.app.log(f'{self.command} {self.path.split("?")[0][:200]} -> {int(code)}')
 
 
 class Server(ThreadingHTTPServer):
-    """A threading HTTP server holding the :class:`App`; handler threads are daemons."""
+    """A threading HTTP server holding the :class:`App`: one daemon thread per connection, at most
+    ``app.max_connections`` at once (a short 503 beyond)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -477,14 +732,88 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: App, verbose: bool = False):
         self.app, self.verbose = app, verbose
         self.loopback = _is_loopback(address[0])
+        self.connections = threading.BoundedSemaphore(app.max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a client that went away is not the server's error
+            self.app.log(f"error on a connection from {client_address[0]}: {error!r}")
+
+    def process_request(self, request, client_address):
+        if not self.connections.acquire(blocking=False):
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+class _HeaderLimit:
+    """A connection's reader that refuses more than ``limit`` bytes of request line and headers (read with
+    ``readline``; http.server then answers 431); the body (``read``) is bounded by the handler."""
+
+    def __init__(self, reader, limit: int):
+        self.reader, self.left = reader, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.reader.readline(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong(f"request headers over {HEADER_BYTES} bytes")
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return self.reader.read(size)
+
+    def __getattr__(self, name: str):  # close, closed, ...: the reader's own
+        return getattr(self.reader, name)
+
+
+def _refuse(connection: socket.socket) -> None:
+    """Answer 503 on a connection beyond the limit without reading it (never blocks)."""
+    body = b'{"error": "the server is busy (too many connections at once); try again in a moment"}'
+    head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+    with contextlib.suppress(OSError):
+        connection.setblocking(False)
+        connection.send(head + body)
+
+
+def _query(url) -> dict[str, str]:
+    try:
+        return {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, max_num_fields=32).items()}
+    except ValueError:
+        raise RequestError(400, "too many query parameters") from None
+
+
+def _host_port(text: str, what: str) -> tuple[str, int | None]:
+    """(lower-case host name, port or None) of a Host header or of an origin after ``scheme://``;
+    RequestError 400 when malformed (an unclosed IPv6 bracket, a port that is not a number, a path, ...)."""
+    try:
+        parts = urllib.parse.urlsplit("//" + text)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        name = port = parts = None
+    if not name or parts.netloc != text or "@" in text or any(c.isspace() for c in text):
+        raise RequestError(400, f"malformed {what} header: {text[:100]!r}")
+    return name, port
 
 
 def _job_path(path: str, suffix: str = "") -> str | None:
@@ -493,11 +822,11 @@ def _job_path(path: str, suffix: str = "") -> str | None:
     if not (path.startswith(prefix) and path.endswith(suffix)):
         return None
     job_id = path[len(prefix):len(path) - len(suffix)]
-    return job_id if job_id and job_id.isalnum() else None
+    return job_id if job_id and job_id.isascii() and job_id.isalnum() else None
 
 
 def _quote_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._- " else "_" for c in name)
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._- ") else "_" for c in name)
 
 
 def _is_loopback(host: str) -> bool:
@@ -512,10 +841,6 @@ def _is_loopback(host: str) -> bool:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def add_parser(subparsers):
     """Add ``serve`` to the ``flowsr`` command's subparsers; returns the new parser."""
     parser = subparsers.add_parser("serve", help="a local web page to try the models",
@@ -526,9 +851,15 @@ def add_parser(subparsers):
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, "
                         "this machine only; 0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
-    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload in MB")
-    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest input image in megapixels")
-    parser.add_argument("--tile", type=int, default=256, help="LR tile size for large images (0: no tiling)")
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload in MB (default 50)")
+    parser.add_argument("--max-megapixels", type=float, default=4.0,
+                        help="largest input image in megapixels (default 4)")
+    parser.add_argument("--max-memory-gb", type=float, default=2.0,
+                        help="memory the server may use in all, models included (default 2); a job whose "
+                             "estimated peak does not fit beside the models is refused")
+    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels; 0: automatic, as for "
+                        "flowsr upscale (256-pixel tiles for inputs over 512x512 pixels or with a side over "
+                        "2048); -1: never tile. Tiles are halved while a job does not fit --max-memory-gb")
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -538,16 +869,21 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    """Load the models, then serve until Ctrl-C. Returns the exit status."""
+    """Load the models, then serve until Ctrl-C or SIGTERM. Returns the exit status."""
+    from flowsr import memory
     from flowsr.checkpoint import ModelLoadError
     from flowsr.pipeline import default_model, load
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    printing = threading.Lock()
 
+    def log(message: str) -> None:
+        with printing:  # one line at a time from the worker and the connection threads
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    memory.return_freed_memory()  # the resident memory then follows the jobs' estimates
     specs = list(dict.fromkeys(args.model or [default_model(), "bicubic"]))
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        print("error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
+    if not all(0 < value < math.inf for value in (args.max_upload_mb, args.max_megapixels, args.max_memory_gb)):
+        print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive numbers", file=sys.stderr)
         return 2
     models = {}
     try:
@@ -558,24 +894,38 @@ def run(args) -> int:
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    app = App(models, max_upload_bytes=int(args.max_upload_mb * 2**20),
-              max_pixels=int(args.max_megapixels * 1e6), tile=args.tile, tile_overlap=args.tile_overlap, log=log)
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing to clean up yet
+        return 130
+    try:
+        app = App(models, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                  max_memory=int(args.max_memory_gb * 2**30), tile=args.tile, tile_overlap=args.tile_overlap, log=log)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         server = Server((args.host, args.port), app, verbose=args.verbose)
     except OSError as error:
+        app.stop()
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         return 1
-    app.start()
+    signals = []
+
+    def stop(signum, frame):  # SIGTERM as Ctrl-C: leave serve_forever, then stop the job at its next layer
+        if not signals:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+        signals.append(signum)
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: no job half-written
-        signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a shell's `&`)
-    if not server.loopback:
-        log(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
-    device = next(iter(models.values())).device
-    print(f"flowsr serve: {', '.join(models)} on {device}; open {server.url} (Ctrl-C to stop)", flush=True)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `&`)
     try:
+        app.start()
+        if not server.loopback:
+            log(f"warning: listening on {args.host}: anyone who can reach this machine can use the page")
+        device = next(iter(models.values())).device
+        print(f"flowsr serve: {', '.join(models)} on {device}; jobs up to {_gb(app.job_memory)} of memory "
+              f"(--max-memory-gb {args.max_memory_gb:g}); open {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
         log("stopping")
     finally:
         server.server_close()

@@ -369,7 +369,7 @@ def test_serve_port_out_of_range_is_one_line_before_loading(capsys):
 
 
 @pytest.mark.parametrize("option, value", [("--max-megapixels", "inf"), ("--max-upload-mb", "nan"),
-                                           ("--max-megapixels", "-1")])
+                                           ("--max-megapixels", "-1"), ("--max-memory-gb", "inf")])
 def test_serve_limits_must_be_finite_and_positive(option, value):
     result = flowsr_capped("serve", "--port", "0", "--model", "bicubic", option, value, timeout=60)
     assert result.returncode == 2

@@ -7,10 +7,12 @@ to also save a screenshot of the page after a run (docs/serve.png is made that w
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +35,7 @@ from flowsr.config import ModelConfig
 from flowsr.io import read_image_bytes, write_image
 from flowsr.nets import NetConfig, UNet
 from flowsr.pipeline import Settings, image_seed
-from flowsr.serve import App, RequestError, add_parser
+from flowsr.serve import App, RequestError, _gb, add_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -129,40 +131,60 @@ class Client:
         return final, body
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A `flowsr serve` subprocess with the tiny model and bicubic: (client, process, its temp folder)."""
-    base = tmp_path_factory.mktemp("serve")
-    model = make_model(base / "tiny")
+SERVER_CODE = ("import argparse, sys\nfrom flowsr.serve import add_parser, run\n"
+               "parser = argparse.ArgumentParser(prog='flowsr')\nadd_parser(parser.add_subparsers())\n"
+               "sys.exit(run(parser.parse_args(sys.argv[1:])))")
+
+
+def start_server(base: Path, *options: str) -> tuple[Client, subprocess.Popen, Path, Path]:
+    """A `flowsr serve` subprocess on a free port with the tiny model and bicubic (TMPDIR: base/tmp):
+    (client, process, its temp folder, its log file)."""
+    model = base / "tiny"
+    if not model.exists():
+        make_model(model)
     temp = base / "tmp"
-    temp.mkdir()
-    code = ("import argparse, sys\nfrom flowsr.serve import add_parser, run\n"
-            "parser = argparse.ArgumentParser(prog='flowsr')\nadd_parser(parser.add_subparsers())\n"
-            "sys.exit(run(parser.parse_args(sys.argv[1:])))")
+    temp.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), "OMP_NUM_THREADS": "2"}
-    log = (base / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, "serve", "--model", str(model), "--model", "bicubic", "--port", "0",
-         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", str(MAX_MEGAPIXELS)],
-        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    killer = threading.Timer(60, process.kill)
+    log_path = base / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE, "serve", "--model", str(model), "--model", "bicubic", "--port", "0",
+             *options], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    killer = threading.Timer(90, process.kill)
     killer.start()
     line = process.stdout.readline()
     killer.cancel()
     if "open http" not in line:
         process.kill()
-        pytest.fail(f"server did not start: {line!r}\n{(base / 'server.log').read_text()}")
+        pytest.fail(f"server did not start: {line!r}\n{log_path.read_text()}")
     url = line.split("open ")[1].split()[0]
     # keep reading the server's stdout so a full pipe can never block it
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    yield Client(url), process, temp
-    process.send_signal(signal.SIGINT)
+    return Client(url), process, temp, log_path
+
+
+def stop_server(process: subprocess.Popen, temp: Path, log_path: Path, sig=signal.SIGINT) -> None:
+    """Stop the server as Ctrl-C does: it exits 0 and leaves no temporary folder behind."""
+    process.send_signal(sig)
     try:
-        assert process.wait(timeout=60) == 0, (base / "server.log").read_text()
+        assert process.wait(timeout=60) == 0, log_path.read_text()
     finally:
         process.kill()
-        log.close()
+    assert list(temp.glob("flowsr-serve-*")) == []  # the server's temporary folder is removed on exit
+    log = log_path.read_text()
+    for trouble in ("Traceback", "terminate called", "internal error", "error on a connection"):
+        assert trouble not in log, log
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A `flowsr serve` subprocess with the tiny model and bicubic: (client, process, its temp folder)."""
+    base = tmp_path_factory.mktemp("serve")
+    client, process, temp, log_path = start_server(base, "--max-upload-mb", str(MAX_UPLOAD_MB),
+                                                   "--max-megapixels", str(MAX_MEGAPIXELS))
+    yield client, process, temp
+    stop_server(process, temp, log_path)
 
 
 def rss_mb(pid: int) -> float:
@@ -179,9 +201,14 @@ def test_defaults_bind_loopback_and_limits():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve"])
-    assert (args.host, args.port, args.max_upload_mb, args.max_megapixels) == ("127.0.0.1", 7860, 50.0, 40.0)
+    assert (args.host, args.port, args.max_upload_mb, args.max_megapixels, args.max_memory_gb, args.tile) == (
+        "127.0.0.1", 7860, 50.0, 4.0, 2.0, 0)
     args = parser.parse_args(["serve", "--model", "a", "--model", "b", "--port", "0"])
     assert args.model == ["a", "b"] and args.port == 0
+    # --tile means what it means for flowsr upscale: 0 automatic, -1 never
+    serve_help = " ".join(parser._subparsers._group_actions[0].choices["serve"].format_help().split())
+    assert "--tile TILE LR tile size in pixels; 0: automatic, as for flowsr upscale" in serve_help
+    assert "-1: never tile" in serve_help
 
 
 def test_server_listens_on_loopback(served):
@@ -282,6 +309,16 @@ def test_page_end_to_end(served, browser, tmp_path):
     page.click("#run")
     page.wait_for_selector("#message:not([hidden])")
     assert "broken.png: truncated or corrupt image" in page.text_content("#message")
+    # not an image at all: the server's error alone, no "cannot show this file" and no broken picture
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"hello, not an image\n" * 10)
+    page.set_input_files("#file", str(text))
+    page.click("#run")
+    page.wait_for_selector("#message:not([hidden])")
+    assert "notes.png: not an image file" in page.text_content("#message")
+    page.wait_for_function("document.getElementById('in-img').complete")  # the browser has tried it too
+    assert page.is_hidden("#placeholder") and page.is_hidden("#compare") and page.is_hidden("#side")
+    assert "This server takes images up to 256 kB and 0.01 megapixels" in page.text_content("#limits")
     scene = tmp_path / "scene.png"
     scene.write_bytes(scene_png())
     page.set_input_files("#file", str(scene))
@@ -380,7 +417,9 @@ def test_concurrent_load_shares_one_model_and_memory_returns(served):
     assert after < baseline + RSS_TOLERANCE_MB, (baseline, after)
     print(f"20 concurrent jobs in {wall:.2f} s; server RSS {baseline:.0f} MB -> {after:.0f} MB")
     assert process.poll() is None
-    assert list(temp.iterdir()) == []  # no temporary files left behind
+    files = [p.name for p in temp.rglob("*") if p.is_file()]  # results of the other tests' jobs are kept
+    deleted = {r["id"] for r in results}
+    assert not [name for name in files if name.endswith(".upload") or Path(name).stem in deleted], files
 
 
 # -- in process: tiling progress and the same pixels as `flowsr upscale` ------------------------------
@@ -400,7 +439,7 @@ def test_tiled_job_reports_progress_and_matches_the_pipeline(tmp_path):
         assert status["tiles_total"] == status["tiles_done"] == 2 * 3
         expected = model.upscale_image(read_image_bytes(data, "wide.png"), Settings(t=0.5),
                                        seed=image_seed(3, "wide.png"), tile=24, tile_overlap=4)
-        result = read_image_bytes(app.result(job.id)[0], "result")
+        result = read_image_bytes(app.result(job.id)[0].read_bytes(), "result")
         assert torch.equal((result.rgb * 255).round(), (expected.rgb * 255).round())
         assert app.result(job.id)[1] == "wide_x4.png"
         app.delete(job.id)
@@ -426,5 +465,368 @@ def test_queue_is_bounded_and_deleted_jobs_are_skipped():
         while second.state != "done" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert second.state == "done" and first.state == "queued" and first.result is None
+    finally:
+        app.stop()
+
+
+# -- hardening (issue 15): memory, uploads, origins, cancellation, shutdown -------------------------
+
+LIMITED = ("--max-memory-gb", "1", "--max-megapixels", "1", "--max-upload-mb", "4")  # the `limited` server
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key}")
+
+
+def noise_png(height: int, width: int, seed: int = 0) -> bytes:
+    """Random RGB pixels: the worst case for the PNG encoder and a large upload."""
+    return png_bytes((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
+
+
+def raw_request(url: str, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
+    """One request with exactly these headers (Host included, none added): (status, JSON reply)."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(key, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else {}
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """A server with small limits: 1 GB of memory in all, 1 megapixel, 4 MB uploads."""
+    base = tmp_path_factory.mktemp("limited")
+    client, process, temp, log_path = start_server(base, *LIMITED)
+    yield client, process, temp
+    stop_server(process, temp, log_path, signal.SIGTERM)
+
+
+def test_the_largest_image_within_the_limits_streams_within_the_memory_limit(limited):
+    client, process, _ = limited
+    info = json.loads(client.request("GET", "/api/info")[1])
+    assert info["max_memory_bytes"] == 2**30 and info["max_pixels"] == 1_000_000
+    assert 0 < info["job_memory_bytes"] < info["max_memory_bytes"]
+    # 1000x1000 random pixels (the limit) -> a 4000x4000 PNG; the whole output would be 192 MB in float32
+    final, body = client.upscale(noise_png(1000, 1000), model="bicubic", name="big.png")
+    assert (final["output"]["width"], final["output"]["height"]) == (4000, 4000)
+    assert final["memory_estimate"] <= info["job_memory_bytes"]
+    with Image.open(io.BytesIO(body)) as result:
+        assert result.size == (4000, 4000)
+    peak = status_kb(process.pid, "VmHWM") * 1024  # the server's peak resident memory since it started
+    print(f"server peak {peak / 2**20:.0f} MB of {info['max_memory_bytes'] / 2**20:.0f} MB; "
+          f"job estimate {final['memory_estimate'] / 2**20:.0f} MB")
+    assert peak < info["max_memory_bytes"]
+
+
+def test_a_job_that_would_not_fit_takes_smaller_tiles_or_is_refused_with_413(limited):
+    client, process, _ = limited
+    # one row of a million pixels: the output rows alone would not fit in the budget
+    status, reply = client.submit(png_bytes(np.zeros((1, 1_000_000, 3), np.uint8)), model="bicubic", name="row.png")
+    assert status == 413, reply
+    assert reply["error"].startswith("row.png: upscaling this 1000000x1 image with bicubic needs about")
+    assert "more than this server allows for one job" in reply["error"] and "--max-memory-gb" in reply["error"]
+    # a megapixel through the network does not fit in the automatic 256-pixel tiles, but in 128-pixel ones
+    status, reply = client.submit(noise_png(1000, 1000), model="tiny", name="net.png")
+    assert status == 202, reply
+    job = json.loads(client.request("GET", f"/api/jobs/{reply['id']}")[1])
+    assert job["tile"] == 128 and job["tiles_total"] in (0, 81)
+    assert client.request("DELETE", f"/api/jobs/{reply['id']}")[0] == 204  # cancelled: no need to run it
+    assert process.poll() is None
+
+
+def test_held_uploads_are_bounded_and_the_server_keeps_answering(limited):
+    client, process, temp = limited
+    client.upscale(rgba_png(8, 8), model="bicubic", name="warm.png")
+    before = status_kb(process.pid, "VmRSS") / 1024
+    size = 4 << 20  # --max-upload-mb 4
+    payload = os.urandom(size - 1)  # every body stops one byte short: the server waits for the last one
+    parts = urllib.parse.urlsplit(client.url)
+    sockets, refused = [], set()  # the uploads answered 503
+    try:
+        for index in range(40):
+            connection = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            sockets.append(connection)
+            head = (f"POST /api/jobs?model=bicubic&name=held{index}.png HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                    f"Content-Length: {size}\r\n\r\n").encode()
+            try:
+                connection.sendall(head + payload)
+            except OSError:  # refused with 503 and closed before the body was sent
+                refused.add(index)
+        latencies = []
+        for _ in range(10):  # all 40 held: the page still gets its answers
+            start = time.monotonic()
+            assert client.request("GET", "/api/info")[0] == 200
+            latencies.append(time.monotonic() - start)
+            time.sleep(0.05)
+        during = status_kb(process.pid, "VmRSS") / 1024
+        uploads = list(temp.rglob("*.upload"))
+        for index, connection in enumerate(sockets):
+            connection.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                if connection.recv(64).startswith(b"HTTP/1.0 503"):
+                    refused.add(index)
+    finally:
+        for connection in sockets:
+            connection.close()
+    print(f"40 held uploads of {size >> 20} MB: RSS {before:.0f} -> {during:.0f} MB, /api/info in "
+          f"{max(latencies) * 1000:.0f} ms at most, {len(uploads)} being received")
+    assert len(uploads) <= 8  # at most max_uploads bodies arrive at once, streamed to files
+    assert len(refused) >= 40 - 8
+    assert during - before < 64  # the 160 MB sent are on disk, not in memory
+    deadline = time.monotonic() + 30  # the server notices the closed connections and removes their files
+    while list(temp.rglob("*.upload")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(temp.rglob("*.upload")) == []
+    final, _ = client.upscale(rgba_png(8, 8), model="bicubic", name="after.png")
+    assert final["state"] == "done" and process.poll() is None
+
+
+def test_only_the_page_s_own_origin_may_use_the_api(served):
+    client, process, _ = served
+    own = urllib.parse.urlsplit(client.url).netloc  # 127.0.0.1:PORT
+    data = rgba_png(8, 8)
+    path = "/api/jobs?model=bicubic&name=x.png"
+    for origin in ["null", "http://evil.example", f"http://localhost:{own.split(':')[1]}", f"https://{own}",
+                   "http://127.0.0.1"]:
+        status, reply = raw_request(client.url, "POST", path, {"Host": own, "Origin": origin}, data)
+        assert status == 403 and "refused" in reply["error"], (origin, status, reply)
+    status, reply = raw_request(client.url, "POST", path, {"Host": own, "Sec-Fetch-Site": "cross-site"}, data)
+    assert status == 403, reply
+    status, reply = raw_request(client.url, "POST", path, {"Host": own, "Origin": f"http://{own}",
+                                                           "Sec-Fetch-Site": "same-origin"}, data)
+    assert status == 202, reply  # the page itself
+    job = reply["id"]
+    status, _ = raw_request(client.url, "DELETE", f"/api/jobs/{job}", {"Host": own, "Origin": "null"})
+    assert status == 403 and client.request("GET", f"/api/jobs/{job}")[0] == 200  # not deleted
+    status, _ = raw_request(client.url, "POST", path, {"Host": own}, data)
+    assert status == 202  # no Origin: not a browser page (curl, scripts)
+    assert process.poll() is None
+
+
+def test_malformed_host_or_origin_is_a_400_not_a_500(served):
+    client, process, _ = served
+    own = urllib.parse.urlsplit(client.url).netloc
+    for headers in [{"Host": "[::1"}, {"Host": "127.0.0.1:port"}, {"Host": "127.0.0.1:99999"}, {"Host": "a b"},
+                    {"Host": own, "Origin": "http://[::1"}, {"Host": own, "Origin": "http://127.0.0.1:x"},
+                    {"Host": own, "Origin": "127.0.0.1"}, {"Host": own, "Origin": f"http://{own}/path"}]:
+        status, reply = raw_request(client.url, "GET", "/api/info", headers)
+        assert status == 400 and reply["error"].startswith("malformed"), (headers, status, reply)
+    status, reply = raw_request(client.url, "GET", "//[abc/api/info", {"Host": own})
+    assert status == 404, reply  # http.server folds the leading slashes: a path like any other
+    assert raw_request(client.url, "GET", "/api/info", {"Host": f"[::1]:{own.split(':')[1]}"})[0] == 200
+    # the request line and headers are bounded in all (64 KB), not only per line (64 KB each, 100 of them)
+    parts = urllib.parse.urlsplit(client.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        filler = "".join(f"X-Filler-{i}: {'x' * 30_000}\r\n" for i in range(3))
+        connection.sendall(f"GET /api/info HTTP/1.1\r\nHost: {own}\r\n{filler}\r\n".encode())
+        assert connection.recv(100).startswith(b"HTTP/1.0 431")
+    assert process.poll() is None
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.01)
+
+
+def test_delete_stops_a_running_job_between_tiles():
+    model = flowsr.load("bicubic")
+    run = model._run
+
+    def slow(*args, **kwargs):  # 0.05 s a tile: 64 tiles would take 3 s
+        time.sleep(0.05)
+        return run(*args, **kwargs)
+
+    model._run = slow
+    app = App({"bicubic": model}, tile=32, tile_overlap=4, max_memory=8 << 30).start()
+    try:
+        long = app.submit(png_bytes(make_image(np.random.default_rng(7), 220, 220)), {"name": "long.png"})
+        wait_for(lambda: long.tiles_done >= 1)
+        app.delete(long.id)
+        short = app.submit(png_bytes(make_image(np.random.default_rng(8), 8, 8)), {"name": "short.png"})
+        wait_for(lambda: short.state == "done")
+        assert long.state == "cancelled" and long.tiles_done < long.tiles_total == 64
+        assert [p.name for p in app.folder.iterdir()] == [f"{short.id}.png"]  # the cancelled job left nothing
+    finally:
+        app.stop()
+    assert model._run is slow and not app.folder.exists()
+
+
+def test_delete_stops_a_running_job_between_network_steps(tmp_path):
+    model = flowsr.load(make_model(tmp_path / "tiny"))
+    calls = []
+
+    def slow(module, args, output):  # one network evaluation: 0.02 s more
+        calls.append(1)
+        time.sleep(0.02)
+
+    hook = model.net.register_forward_hook(slow)
+    app = App({"tiny": model}, max_memory=8 << 30).start()
+    try:
+        job = app.submit(png_bytes(make_image(np.random.default_rng(9), 16, 16)), {"name": "a.png", "steps": "200"})
+        wait_for(lambda: len(calls) >= 2)
+        app.delete(job.id)
+        wait_for(lambda: job.state != "running")
+        assert job.state == "cancelled" and len(calls) < 100, len(calls)  # one image, one tile: stopped mid-way
+    finally:
+        app.stop()
+        hook.remove()
+
+
+def test_a_smaller_tile_is_taken_when_the_automatic_one_does_not_fit(tmp_path):
+    from flowsr import memory
+
+    model = flowsr.load(make_model(tmp_path / "tiny"))
+    data = png_bytes(make_image(np.random.default_rng(10), 600, 600))
+    need = {tile: memory.upscale_bytes(model, 600, 600, 3, False, tile) for tile in (256, 128, 64, 32)}
+    assert need[256] > need[128] > need[64] > need[32]
+    app = App({"tiny": model}, max_memory=2 << 30, max_pixels=1_000_000, baseline=0)
+    reserve = app.max_memory - app.job_memory
+    try:
+        app.job_memory = (need[256] + need[128]) // 2
+        job = app.submit(data, {"name": "a.png"})
+        assert job.tile == 128 and app.status(job.id)["memory_estimate"] == need[128]
+        app.job_memory = need[32] - 1  # not even in 32-pixel tiles
+        with pytest.raises(RequestError) as caught:
+            app.submit(data, {"name": "b.png"})
+        assert caught.value.status == 413 and f"needs about {_gb(need[32])} of memory" in str(caught.value)
+    finally:
+        app.stop()
+    with pytest.raises(ValueError, match="leaves no room for a job"):
+        App({"tiny": model}, max_memory=reserve + (64 << 20), max_pixels=1_000_000, baseline=0)
+
+
+ESTIMATE_CODE = """
+import sys, tempfile
+from pathlib import Path
+import flowsr
+from flowsr import memory
+from flowsr.io import read_image_bytes, write_image_rows
+
+def resident(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+spec, source, tile = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+memory.return_freed_memory()  # as flowsr serve does
+model = flowsr.load(spec)
+base = resident("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+image = read_image_bytes(source.read_bytes(), source.name)  # as the server reads an upload
+decoding = resident("VmHWM") - base
+rows = model.upscale_image_rows(image, None, seed=1, tile=tile)
+write_image_rows(Path(tempfile.mkdtemp()) / "out.png", rows, image.bit_depth)
+peak = resident("VmHWM") - base
+height, width = image.rgb.shape[-2:]
+print(decoding, memory.decode_bytes(source.stat().st_size, height * width), peak,
+      memory.upscale_bytes(model, height, width, image.rgb.shape[0], image.alpha is not None, tile))
+"""
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs "
+                    "to measure a peak")
+@pytest.mark.parametrize("case", ["bicubic 700x900 RGB tile 256", "bicubic 24x3000 RGBA16 tile 256",
+                                  "tiny 80x100 grey+alpha tile 40", "tiny 96x96 RGB tile 0"])
+def test_memory_estimate_bounds_the_measured_peak(case, tmp_path):
+    name, size, mode, _, tile = case.split()
+    height, width = map(int, size.split("x"))
+    rng = np.random.default_rng(11)
+    if mode == "grey+alpha":
+        data = png_bytes((rng.random((height, width, 2)) * 255).astype(np.uint8), "LA")
+    elif mode == "RGBA16":
+        data = None
+        write_image(tmp_path / "in.png", torch.from_numpy(rng.random((3, height, width), np.float32)),
+                    torch.from_numpy(rng.random((1, height, width), np.float32)), bit_depth=16)
+    else:
+        data = noise_png(height, width)
+    source = tmp_path / "in.png"
+    if data is not None:
+        source.write_bytes(data)
+    spec = str(make_model(tmp_path / "tiny")) if name == "tiny" else name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", ESTIMATE_CODE, spec, str(source), tile],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    decoding, decoding_estimate, measured, estimate = map(int, out.stdout.split())
+    print(f"{case}: decoding {decoding / 2**20:.0f} MB (estimate {decoding_estimate / 2**20:.0f}), "
+          f"peak {measured / 2**20:.0f} MB (estimate {estimate / 2**20:.0f})")
+    assert decoding <= decoding_estimate
+    assert measured <= max(estimate, decoding_estimate) <= 4 * measured + (64 << 20)
+
+
+def test_sigterm_during_a_job_stops_it_and_exits_cleanly(tmp_path):
+    client, process, temp, log_path = start_server(tmp_path)
+    try:
+        # 200 MeanFlow steps on one 512x512 output: a minute or more of work
+        status, reply = client.submit(noise_png(128, 128), model="tiny", steps="200", name="long.png")
+        assert status == 202, reply
+        wait_for(lambda: json.loads(client.request("GET", f"/api/jobs/{reply['id']}")[1])["state"] == "running")
+        assert len(list(temp.glob("flowsr-serve-*"))) == 1  # the server's folder, removed on exit
+    except BaseException:
+        process.kill()
+        raise
+    stop_server(process, temp, log_path, signal.SIGTERM)  # exit 0, no temporary folder, no abort
+    log = log_path.read_text()
+    assert "stopping" in log and "cancelled" in log, log
+
+
+def test_connections_beyond_the_limit_get_503_and_a_stalled_upload_is_dropped(monkeypatch):
+    from flowsr import serve
+
+    monkeypatch.setattr(serve.Handler, "timeout", 1)  # a stall of 1 s (60 s in the real server)
+    app = App({"bicubic": flowsr.load("bicubic")}, max_connections=3, max_memory=8 << 30).start()
+    server = serve.Server(("127.0.0.1", 0), app)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    host, port = server.server_address[:2]
+    try:
+        stalled = socket.create_connection((host, port), timeout=10)
+        stalled.sendall(f"POST /api/jobs?name=a.png HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000\r\n\r\n"
+                        "only part of it".encode())
+        idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]  # nothing sent
+        wait_for(lambda: list(app.folder.glob("*.upload")))
+        extra = socket.create_connection((host, port), timeout=10)  # the fourth at once
+        assert extra.recv(200).startswith(b"HTTP/1.0 503 Service Unavailable")
+        answer = b"".join(iter(lambda: stalled.recv(4096), b""))  # the answer, then the server closes
+        assert answer.startswith(b"HTTP/1.0 408") and b"upload stalled: no data for 1 s" in answer
+        wait_for(lambda: not list(app.folder.glob("*.upload")))  # its partial file is removed
+        for connection in [stalled, extra, *idle]:
+            connection.close()
+        wait_for(lambda: Client(f"http://{host}:{port}").request("GET", "/api/info")[0] == 200, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.stop()
+
+
+def test_finished_results_are_bounded_on_disk_and_the_resize_cache_is_emptied():
+    from flowsr import ops
+
+    app = App({"bicubic": flowsr.load("bicubic")}, keep_bytes=1, max_memory=8 << 30).start()
+    try:
+        jobs = []
+        for index in range(3):
+            jobs.append(app.submit(png_bytes(make_image(np.random.default_rng(index), 8 + index, 8)),
+                                   {"name": f"{index}.png"}))
+            wait_for(lambda: jobs[-1].state == "done")
+        assert ops._weight_matrix.cache_info().currsize == 0  # matrices of each size do not pile up
+        # each new job drops the finished results beyond keep_bytes (here: all but the newest finished one)
+        assert [job.id in app.jobs for job in jobs] == [False, True, True]
+        assert sorted(p.name for p in app.folder.iterdir()) == sorted(f"{job.id}.png" for job in jobs[1:])
     finally:
         app.stop()

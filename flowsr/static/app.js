@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = {info: null, file: null, inputUrl: null, job: null, polling: null, scale: 4,
+const state = {info: null, file: null, inputUrl: null, inputShown: false, job: null, polling: null, scale: 4,
                base: null, mode: "compare", split: 50};
 
 // -- start: models and limits ---------------------------------------------------------------------
@@ -22,7 +22,11 @@ async function start() {
   }
   $("steps").max = state.info.max_steps;
   $("drop-text").textContent = `or click to pick one (up to ${formatMB(state.info.max_upload_bytes)}, ` +
-    `${(state.info.max_pixels / 1e6).toFixed(0)} megapixels)`;
+    `${formatMegapixels(state.info.max_pixels)})`;
+  $("limits").textContent = `This server takes images up to ${formatMB(state.info.max_upload_bytes)} and ` +
+    `${formatMegapixels(state.info.max_pixels)}, and jobs that fit in ${formatMB(state.info.job_memory_bytes)} ` +
+    `of memory (${formatMB(state.info.max_memory_bytes)} in all, with the models); ` +
+    "it refuses larger ones with a message.";
   modelChanged();
 }
 
@@ -73,6 +77,7 @@ function pick(file) {
   forgetJob();
   if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
   state.inputUrl = URL.createObjectURL(file);
+  state.inputShown = false;
   state.base = null;
   for (const img of [$("in-img"), $("side-in")]) img.src = state.inputUrl;
   for (const img of [$("out-img"), $("side-out")]) img.removeAttribute("src");
@@ -88,12 +93,19 @@ function pick(file) {
 
 function inputLoaded() {
   const img = $("in-img");
+  state.inputShown = true;
+  showMode();
   if (!state.base) state.base = {width: img.naturalWidth * state.scale, height: img.naturalHeight * state.scale};
   layout();
 }
 
+// The browser cannot show the input (TIFF, or not an image at all): no broken picture, a note until the
+// server answers (the result, or its error alone).
 function inputFailed() {
   if (!state.file) return;
+  state.inputShown = false;
+  showMode();
+  if (!$("message").hidden) return;  // the server has already refused it: its error alone
   $("placeholder").hidden = false;
   $("placeholder").textContent = "This browser cannot show this file (TIFF?); the result will still appear here.";
 }
@@ -155,6 +167,8 @@ function done(status) {
   const out = status.output, input = status.input;
   state.base = {width: out.width, height: out.height};
   for (const img of [$("out-img"), $("side-out")]) img.src = url;
+  $("placeholder").hidden = true;
+  showMode();
   const knob = status.t === null || status.t === undefined ? "" : `, t = ${status.t.toFixed(2)}`;
   const label = `${status.model}, ${status.steps} step${status.steps === 1 ? "" : "s"}${knob}`;
   $("tag-right").textContent = label;
@@ -175,6 +189,7 @@ function done(status) {
 function failed(message) {
   setProgress(null);
   $("run").disabled = !state.file;
+  if (!state.inputShown) $("placeholder").hidden = true;  // only the error, not "cannot show this file"
   showMessage(message);
 }
 
@@ -195,8 +210,10 @@ function setMode(mode) {
 
 function showMode() {
   if (!state.file) return;
-  $("compare").hidden = state.mode !== "compare";
-  $("side").hidden = state.mode !== "side";
+  const visible = state.inputShown || Boolean($("out-img").getAttribute("src"));  // never a broken picture
+  $("compare").hidden = !visible || state.mode !== "compare";
+  $("side").hidden = !visible || state.mode !== "side";
+  for (const img of [$("in-img"), $("side-in")]) img.style.visibility = state.inputShown ? "" : "hidden";
   $("split-label").hidden = state.mode !== "compare";
   layout();
 }
@@ -250,7 +267,12 @@ function hideMessage() {
   $("message").hidden = true;
 }
 
+function formatMegapixels(pixels) {
+  return `${Number((pixels / 1e6).toPrecision(3))} megapixels`;
+}
+
 function formatMB(bytes) {
+  if (bytes >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(1)} GB`;
   return bytes >= 1 << 20 ? `${(bytes / 2 ** 20).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1024))} kB`;
 }
 
