@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The bundled models, trained on this 2-core CPU (issue 14): teacher and regression baseline side by
+# The CPU models of issue 14, trained on this 2-core CPU: teacher and regression baseline side by
 # side with the same wall time (one thread each), then the OFTSR and MeanFlow students side by side.
 #
 #   bash benchmarks/cpu_train.sh                      # from scratch: TEACHER_S=3300 STUDENT_S=2400
-#   INIT=1 bash benchmarks/cpu_train.sh               # continue the bundled models (init=; totals kept)
-#   python3 benchmarks/ship_models.py runs/teacher=teacher-x4 runs/regression=regression-x4 \
-#       runs/oftsr=oftsr-x4 runs/meanflow=meanflow-x4 --note "bash benchmarks/cpu_train.sh"
+#   INIT=1 bash benchmarks/cpu_train.sh               # continue models/cpu/* and regression-x4 (init=; totals kept)
+#   python3 benchmarks/ship_models.py runs/regression=regression-x4        # after measuring (README)
+#   python3 benchmarks/ship_models.py runs/teacher=tiny-teacher runs/oftsr=tiny-oftsr runs/meanflow=tiny-meanflow --dest models/cpu --bf16
 #
 # Background runs end when the session does: TEACHER_S + STUDENT_S must fit in what is left of it.
 set -eu
@@ -17,7 +17,8 @@ STATES=${STATES:-0.5}              # MeanFlow: share of rows at the student's ow
 export OMP_NUM_THREADS=1
 COMMON="max_steps=1000000"
 I_T=""; I_R=""; I_O=""; I_M=""
-[ -n "${INIT:-}" ] && { I_T="init=teacher-x4"; I_R="init=regression-x4"; I_O="init=oftsr-x4"; I_M="init=meanflow-x4"; }
+[ -n "${INIT:-}" ] && { I_T="init=models/cpu/tiny-teacher"; I_R="init=regression-x4"; I_O="init=models/cpu/tiny-oftsr"
+                    I_M="init=models/cpu/tiny-meanflow"; }
 log() { echo "[$(date +%T)] $*"; }
 
 log "teacher + regression, ${TEACHER_S}s each, side by side"

@@ -26,6 +26,8 @@ def main(results: Path, out: Path) -> None:
                      f"s/image on {device})\n\n{report.markdown_table(rows)}\n")
         if any("lpips" in r["metrics"] for r in rows):
             report.tradeoff_plot(rows, out / f"tradeoff_{name}.png", f"{name} x4")
+        if report.knob_sweeps(rows):
+            report.knob_plot(rows, out / f"knob_{name}.png", f"{name} x4")
     for path in sorted(results.glob("bench-*.json")):
         data = json.loads(path.read_text())
         rows = data["rows"]
