@@ -26,7 +26,7 @@ COMMON="data=$DATA max_steps=1000000 val_images=0 ckpt_every=1000 log_every=50"
 INIT_TEACHER=""; INIT_REGRESSION=""; INIT_OFTSR=""; INIT_MEANFLOW=""
 if [ -n "${INIT:-}" ]; then
   # init= copies the init model's network: refuse bundled models of another size or recipe
-  python3 benchmarks/same_recipe.py teacher-x4 || exit 1
+  python3 benchmarks/same_recipe.py teacher-x4 regression-x4 oftsr-x4 meanflow-x4 || exit 1
   INIT_TEACHER="init=teacher-x4"; INIT_OFTSR="init=oftsr-x4"; INIT_MEANFLOW="init=meanflow-x4"
   INIT_REGRESSION="init=regression-x4"
 fi
@@ -90,3 +90,4 @@ tar czf "$OUT/results.tar.gz" $RUNS/*.json $RUNS/*.txt $RUNS-*.log $RUNS/*/confi
 ls -la "$OUT"
 for F in $RUNS/eval-Set5.txt $RUNS/eval-Set5-ref-*.txt $RUNS/bench-b1.txt $RUNS/bench-b16-compile.txt $RUNS/bench-b1-graphs.txt \
          $RUNS/bench-train.txt; do [ -f $F ] && { echo "== $F"; grep -v "^\[" $F | tail -25; }; done
+exit 0

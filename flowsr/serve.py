@@ -397,7 +397,11 @@ class App:
 
         had_own = "_run" in vars(model)
         model._run = counted
-        hooks = [module.register_forward_pre_hook(check) for module in model.net.modules()] if model.net else []
+        # a torch network is also stopped between its layers; an ONNX Runtime session only between calls
+        from torch import nn
+
+        layers = model.net.modules() if isinstance(model.net, nn.Module) else []
+        hooks = [module.register_forward_pre_hook(check) for module in layers]
         try:
             yield
         finally:
