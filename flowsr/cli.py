@@ -444,11 +444,11 @@ def cmd_eval(args) -> int:
     reference = None
     if args.reference:
         from flowsr.evaluate import Reference
-        from flowsr.perceptual import _PIP_LPIPS, available_metrics
+        from flowsr.perceptual import _PIP_LPIPS
 
         reference = Reference(load(args.reference, device=device, dtype=args.dtype, scale=args.scale),
                               steps=args.reference_steps, guidance=args.reference_guidance)
-        if "lpips_alex" not in available_metrics():
+        if not reference.lpips:
             say(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
     rows = []
     for spec in args.model:

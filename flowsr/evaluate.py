@@ -182,8 +182,7 @@ def score(sr: np.ndarray, gt: np.ndarray | None, crop_border: int, metrics: list
     if perceptual:
         from flowsr import perceptual as P
 
-        sr_t = torch.from_numpy(sr).permute(2, 0, 1).float().div(255)[None].to(device)
-        gt_t = torch.from_numpy(gt).permute(2, 0, 1).float().div(255)[None].to(device)
+        sr_t, gt_t = _tensor(sr, device), _tensor(gt, device)
         if "lpips" in perceptual:
             row["lpips"] = float(P.lpips(sr_t, gt_t, net="alex"))
         if "lpips_vgg" in perceptual:
@@ -209,6 +208,12 @@ class Reference:
     steps: int = 32
     guidance: float | None = None
     cache: dict = field(default_factory=dict)
+    lpips: bool = field(init=False)  # ref_lpips only when the LPIPS weights are installed
+
+    def __post_init__(self) -> None:
+        from flowsr.perceptual import available_metrics
+
+        self.lpips = "lpips_alex" in available_metrics()
 
     def guidance_for(self, model: Upscaler) -> float:
         if self.guidance is not None:
@@ -319,18 +324,19 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
     }
 
 
-def _against_reference(sr: np.ndarray, ref: np.ndarray, crop_border: int, device) -> dict:
-    """``ref_psnr_y`` and (when LPIPS weights are installed) ``ref_lpips`` of an output against the
-    reference output (uint8 HWC both)."""
+def _tensor(image: np.ndarray, device) -> torch.Tensor:
+    """uint8 HWC -> (1, 3, H, W) float in [0, 1] on ``device``."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+
+
+def _against_reference(sr: np.ndarray, ref: np.ndarray, crop_border: int, device, lpips: bool) -> dict:
+    """``ref_psnr_y`` and (with ``lpips``) ``ref_lpips`` of an output against the reference output (uint8 HWC)."""
     from flowsr import perceptual as P
     from flowsr.metrics import psnr
 
     row = {"ref_psnr_y": psnr(sr, ref, crop_border=crop_border)}
-    if "lpips_alex" in P.available_metrics():
-        def tensor(image):
-            return torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
-
-        row["ref_lpips"] = float(P.lpips(tensor(sr), tensor(ref), net="alex"))
+    if lpips:
+        row["ref_lpips"] = float(P.lpips(_tensor(sr, device), _tensor(ref, device), net="alex"))
     return row
 
 
@@ -359,7 +365,7 @@ def _score_part(upscaler: Upscaler, dataset: Dataset, resolved: Settings, metric
             raise DataError(f"{sample.name}: {error}") from None
         if reference is not None:
             ref = reference[0].output(lq, sample.name, seed, reference[1], tile)
-            row.update(_against_reference(sr_uint8, ref, dataset.crop_border, upscaler.device))
+            row.update(_against_reference(sr_uint8, ref, dataset.crop_border, upscaler.device, reference[0].lpips))
         rows.append((sample.index, row, (sr_uint8, sample.gt) if set_level else None))
         if sample.name in keep:
             kept[sample.name] = sr_uint8

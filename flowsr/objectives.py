@@ -164,11 +164,9 @@ def dudt(module: Callable, x: Tensor, t: Tensor, s: Tensor, cond: Tensor, v: Ten
         return fwAD.unpack_dual(out).tangent.to(x.dtype)
 
 
-# The (t, s) pairs the samplers evaluate (flowsr.samplers.mean_flow on time_grid(k)), by step count k,
-# with the share of the grid rows each step count gets.
+# The (t, s) pairs the samplers evaluate (flowsr.samplers.mean_flow on time_grid(k)), by step count k.
 SAMPLER_PAIRS = {1: ((0.0, 1.0),), 2: ((0.0, 0.5), (0.5, 1.0)),
                  4: ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))}
-_GRID_SHARE = {1: 1 / 3, 2: 1 / 3, 4: 1 / 3}
 
 
 def _stochastic_round(x: float) -> int:
@@ -180,13 +178,14 @@ def meanflow_times(b: int, p_equal: float, p_grid: float, device=None, dtype=tor
 
     The first ``n`` rows (``(1 - p_equal) b``, stochastically rounded) have ``s != t``: a share ``p_grid``
     of them sit exactly on the pairs the 1-, 2- and 4-step samplers use (``SAMPLER_PAIRS``, a third of
-    those rows per step count; MFSR trains its sampler's steps, as shortcut models do, Frans et al. 2024),
+    those rows per step count: the step sizes the sampler uses are trained, as in shortcut models,
+    Frans et al. 2024),
     the others are two sorted U[0, 1) draws. The remaining rows have ``s = t ~ U[0, 1)`` (flow matching).
     """
     n = min(b, _stochastic_round((1.0 - p_equal) * b))
     n_grid = min(n, _stochastic_round(p_grid * n))
     pairs = [pair for k, group in SAMPLER_PAIRS.items() for pair in group]
-    weights = torch.tensor([_GRID_SHARE[k] / len(group) for k, group in SAMPLER_PAIRS.items() for _ in group])
+    weights = torch.tensor([1 / len(group) for group in SAMPLER_PAIRS.values() for _ in group])
     picks = torch.multinomial(weights, n_grid, replacement=True) if n_grid else torch.zeros(0, dtype=torch.long)
     chosen = torch.tensor(pairs, dtype=dtype)[picks]
     random_pairs = torch.rand(n - n_grid, 2, dtype=dtype).sort(dim=1).values

@@ -156,8 +156,9 @@ def test_streaming_memory_stays_flat_as_the_folder_grows_tenfold(tmp_path):
 
     streamed_small, streamed_large, memory_large = peak(small, "stream"), peak(large, "stream"), peak(large, "memory")
     assert streamed_large["worker"] > 0  # the workers were measured
-    # streamed: main process and workers within 32 MB (allocator noise) for ten times the images ...
+    # streamed: main process within 32 MB, workers within 64 MB (their peaks vary by ~40 MB run to run), for
+    # ten times the images, whose decoded size grows by 101 MB ...
     assert abs(streamed_large["main"] - streamed_small["main"]) < 32, (streamed_small, streamed_large)
-    assert abs(streamed_large["worker"] - streamed_small["worker"]) < 32, (streamed_small, streamed_large)
+    assert abs(streamed_large["worker"] - streamed_small["worker"]) < 64, (streamed_small, streamed_large)
     # ... while holding them in memory costs at least their 112 MB (the measurement sees it)
     assert memory_large["main"] - streamed_large["main"] > 100, (memory_large, streamed_large)
