@@ -61,12 +61,22 @@ def flops_per_pixel(upscaler: Upscaler, size: int) -> float:
         return 0.0
     if upscaler.backend != "torch":
         return upscaler.net.flops_per_pixel  # counted on the torch network at export
-    side = 64
-    x = torch.zeros(1, 3, side, side, device=upscaler.device)
+    side = 128
     net = getattr(upscaler.net, "_orig_mod", upscaler.net)  # count on the eager module, not a compiled one
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
+        if upscaler.config.kind == "sr":  # a feed-forward SR network runs on the LR image
+            net(torch.zeros(1, 3, side // upscaler.scale, side // upscaler.scale, device=upscaler.device))
+        else:
+            x = torch.zeros(1, 3, side, side, device=upscaler.device)
+            net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
     return counter.get_total_flops() / side**2
+
+
+def model_flops_per_pixel(upscaler: Upscaler, settings: Settings) -> float:
+    """FLOPs per output pixel of one upscale with ``settings``: the network times its NFE, plus the start
+    network's single pass for a model with one."""
+    start = model_flops_per_pixel(upscaler.start, Settings()) if upscaler.start is not None else 0.0
+    return flops_per_pixel(upscaler, 128) * upscaler.nfe(settings) + start
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float:
@@ -107,12 +117,13 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
     times.sort()
     latency = statistics.median(times)
     nfe = upscaler.nfe(settings)
-    flops = flops_per_pixel(upscaler, size) * size * size * nfe
+    flops = model_flops_per_pixel(upscaler, settings) * size * size
     resolved = upscaler.resolve(settings)
     peak = _peak_memory_mb(device)
     row = {
         "model": upscaler.name, "kind": upscaler.config.kind if upscaler.config else "bicubic",
         "steps": resolved.steps, "t": resolved.t, "nfe": nfe, "size": size, "batch": batch,
+        "start": upscaler.config.start if upscaler.config else "-",
         "device": str(device), "dtype": str(upscaler.dtype).replace("torch.", ""),
         "backend": upscaler.backend, "compile": getattr(upscaler, "compile_mode", "none"),
         "threads": torch.get_num_threads(),

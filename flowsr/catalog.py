@@ -7,6 +7,7 @@ the bundled models with this module alone, in milliseconds; loading a network is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -84,3 +85,33 @@ def parameter_count(weights: Path) -> int:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(min(length, 100_000_000)))
     return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+
+
+def weights_file(directory: Path) -> Path:
+    """The weights of a model directory: ``model.safetensors``, or ``model.onnx`` for an exported model."""
+    directory = Path(directory)
+    safetensors = directory / "model.safetensors"
+    return safetensors if safetensors.exists() or not (directory / "model.onnx").exists() else directory / "model.onnx"
+
+
+def weights_sha256(directory: Path) -> str:
+    """SHA-256 (hex) of a model directory's weights file (see :func:`weights_file`)."""
+    digest = hashlib.sha256()
+    with open(weights_file(directory), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def start_path(model_dir: Path | None, spec: str) -> Path:
+    """The directory of a flow model's start network ``spec`` (not ``bicubic``): a bundled name, a directory
+    relative to the model's own directory, or a path as given. ModelLoadError naming both when absent."""
+    bundled = bundled_models()
+    if spec in bundled:
+        return bundled[spec]
+    for candidate in ([Path(model_dir) / spec] if model_dir is not None else []) + [Path(spec)]:
+        if candidate.is_dir():
+            return candidate
+    where = f"{model_dir}: " if model_dir is not None else ""
+    raise ModelLoadError(f"{where}its start network {spec!r} is neither a bundled model nor a directory "
+                         f"(bundled: {', '.join(bundled) or 'none'})")

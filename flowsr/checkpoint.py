@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from flowsr.catalog import PICKLE_SUFFIXES, ModelLoadError, check_model_dir, read_config_json
 from flowsr.config import ModelConfig
 from flowsr.io import FILE_MODE, temporary_beside
-from flowsr.nets import UNet
+from flowsr.nets import UNet, build_sr_net
 
 
 def atomic_write(path: Path, write) -> None:
@@ -63,7 +63,12 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ModelLoadError(str(error)) from None
 
 
-def load_model_dir(directory: Path, device="cpu") -> tuple[UNet, ModelConfig]:
+def build_network(config: ModelConfig) -> torch.nn.Module:
+    """The network a model config describes: the U-Net, or (kind sr) the feed-forward SR network."""
+    return build_sr_net(config.sr_net, config.scale) if config.kind == "sr" else UNet(config.net)
+
+
+def load_model_dir(directory: Path, device="cpu") -> tuple[torch.nn.Module, ModelConfig]:
     """Rebuild the network from ``config.json`` and load ``model.safetensors`` (checked: keys, shapes, finite)."""
     directory = Path(directory)
     check_model_dir(directory)
@@ -79,8 +84,8 @@ def load_model_dir(directory: Path, device="cpu") -> tuple[UNet, ModelConfig]:
         raise ModelLoadError(f"{weights}: not a readable safetensors file ({error})") from None
     try:
         with torch.device("meta"):  # shapes only: an absurd config.json allocates nothing
-            check_state_dict(UNet(config.net), state, weights)
-        net = UNet(config.net)
+            check_state_dict(build_network(config), state, weights)
+        net = build_network(config)
     except (ValueError, TypeError) as error:
         raise ModelLoadError(f"{directory / 'config.json'}: cannot build the network ({error})") from None
     net.load_state_dict({k: v.float() for k, v in state.items()})

@@ -262,7 +262,7 @@ def check_model_arguments(spec: str, settings) -> None:
         return
     data = catalog.read_config_json(path)
     kind = data.get("kind")
-    if kind not in ("flow", "regression", "oftsr", "meanflow"):
+    if kind not in ("flow", "regression", "oftsr", "meanflow", "sr"):
         return  # loading reports what is wrong with the file
     try:
         defaults = data.get("default_steps", 1), data.get("default_t", 1.0), data.get("default_guidance", 1.0)
@@ -413,6 +413,7 @@ def cmd_eval(args) -> int:
     from flowsr import distributed
     from flowsr.evaluate import Dataset, check_metrics, evaluate, format_table, load_dataset, no_reference_metrics
     from flowsr.pipeline import Settings, load
+    from flowsr.settings import ONE_STEP_KINDS
 
     place, device = distributed.start(args.device, args.threads)
     say = print if place.main else _quiet
@@ -462,7 +463,7 @@ def cmd_eval(args) -> int:
                                     color_fix=args.color_fix)
                 if kind == "meanflow" and steps not in (None, 1) and t not in (None, 1.0):
                     continue  # the knob applies to one-step sampling only
-                if kind in ("bicubic", "regression", "oftsr") and steps not in (None, 1):
+                if kind in ONE_STEP_KINDS and steps not in (None, 1):
                     continue  # one-step models have no step count to sweep
                 save = None
                 if args.save:
@@ -636,6 +637,8 @@ def cmd_models(args) -> int:
                                                                                 info.get("wall_seconds", "?"))
         trained = (f"{steps} steps, batch {info.get('batch_size', '?')}, {wall} s on {info.get('device', '?')}"
                    f"{' (over several runs)' if 'steps_total' in info else ''}; data {info.get('data', '?')}")
+        if kind == "sr":
+            trained = f"published weights: {info.get('source', '?')}"
         defaults = f"steps {config.get('default_steps', 1)}" + (
             f", t {config.get('default_t', 1.0):g}" if kind in ("oftsr", "meanflow") else "")
         rows.append([name + (" (default)" if name == default else ""), kind, f"x{config.get('scale', '?')}",
@@ -643,6 +646,10 @@ def cmd_models(args) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+    for name, path in bundled_models().items():  # published networks: their licence and attribution
+        config = read_config_json(path)
+        if config.get("attribution"):
+            print(f"\n{name}: {config['attribution']}\n  licence: {path / config.get('licence', 'LICENSE')}")
     return 0
 
 

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from flowsr import settings
-from flowsr.nets import NetConfig
+from flowsr.nets import NetConfig, SRNetConfig
 
 OBJECTIVES = ("flow_matching", "regression", "oftsr", "meanflow")
-MODEL_KINDS = ("flow", "regression", "oftsr", "meanflow")
+MODEL_KINDS = ("flow", "regression", "oftsr", "meanflow", "sr")  # sr: a feed-forward SR network (BSRN, RLFN)
+START_KINDS = ("sr", "regression")  # what a flow may start from besides bicubic: one deterministic pass
 SAMPLERS = ("euler", "heun", "one_step", "mean_flow", "regression")
 
 
@@ -42,6 +43,7 @@ class TrainConfig:
     objective: str = "flow_matching"  # one of OBJECTIVES
     net: NetConfig = field(default_factory=NetConfig)
     scale: int = 4
+    start: str = "bicubic"  # the flow's start: bicubic, or a start network (bundled name or model dir; see ModelConfig)
     # data
     data: str = field(default_factory=default_train_data)
     val_data: str = field(default_factory=default_val_data)
@@ -109,6 +111,7 @@ class TrainConfig:
             (self.loss in ("l1", "l2"), "loss must be l1 or l2"),
             (self.time_sampler in ("uniform", "logit_normal", "mix"), "time_sampler: uniform | logit_normal | mix"),
             (self.degradation in ("bicubic", "realesrgan"), "degradation: bicubic | realesrgan"),
+            (bool(self.start), "start: bicubic, or a start network's bundled name or model directory"),
             (self.data_mode in ("auto", "memory", "stream"), "data_mode: auto | memory | stream"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (0.0 <= self.sigma_p < 1.0, "sigma_p must be in [0, 1)"),
@@ -132,20 +135,36 @@ class TrainConfig:
 class ModelConfig:
     """What ``config.json`` of a trained model directory holds; enough to rebuild and run it."""
 
-    kind: str  # flow | regression | oftsr | meanflow
+    kind: str  # flow | regression | oftsr | meanflow | sr
     scale: int
-    net: NetConfig
+    net: NetConfig | None  # the U-Net (every kind but sr)
     sigma_p: float = 0.2
     default_steps: int = 1
     default_t: float = 1.0
     default_guidance: float = 1.0
     name: str = ""
     training: dict = field(default_factory=dict)  # provenance: preset, steps, data, wall time, device
+    # The flow's start (PMRF, Ohayon et al. 2025): "bicubic" (x0 and cond from up(lq)), or a start network,
+    # a bundled name or a model directory (relative: to this model's directory) of kind sr or regression,
+    # whose output start(lq) replaces up(lq); start_sha256 is its weights' SHA-256, checked at load.
+    start: str = "bicubic"
+    start_sha256: str = ""
+    sr_net: SRNetConfig | None = None  # kind sr: the feed-forward network (sr = net(lq))
+    licence: str = ""  # kind sr: the licence file shipped beside the weights, and the attribution
+    attribution: str = ""
 
     def __post_init__(self):
         """Check every field's range (types are checked by :meth:`from_dict`); raises ValueError."""
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; expected one of {MODEL_KINDS}")
+        if (self.kind == "sr") != (self.sr_net is not None) or (self.kind == "sr") == (self.net is not None):
+            raise ValueError("a model of kind sr has sr_net and no net; every other kind has net and no sr_net")
+        if not self.start or len(self.start) > 4096 or "\0" in self.start:
+            raise ValueError(f"start must be 'bicubic' or a start network's name or directory, got {self.start!r}")
+        if self.start != "bicubic" and not (self.kind != "sr" and len(self.start_sha256) == 64):
+            raise ValueError("a start network needs a flow-type model and its 64-hex-digit start_sha256")
+        if self.kind == "sr":
+            return
         if not 1 <= self.scale <= settings.MAX_SCALE:
             raise ValueError(f"scale must be in [1, {settings.MAX_SCALE}], got {self.scale!r}")
         if not 0.0 <= self.sigma_p < 1.0:
@@ -154,6 +173,8 @@ class ModelConfig:
         settings.check_t(self.default_t, "default_t")
         settings.check_guidance(self.default_guidance, "default_guidance")
         net = self.net
+        if net is None:
+            raise ValueError("net is missing")
         checks = [(net.channels >= 1, "channels must be >= 1"),
                   (all(m >= 1 for m in net.channel_mult), "channel_mult entries must be >= 1"),
                   (net.num_blocks >= 1, "num_blocks must be >= 1"),
@@ -186,6 +207,12 @@ def _from_dict(cls, data: dict, source: str, strict: bool = False):
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        optional = type(None) in typing.get_args(hint)
+        if optional:
+            if value is None:
+                kwargs[name] = None
+                continue
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _from_dict(hint, value, source, strict)
         else:
@@ -307,6 +334,18 @@ def _gpu(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+# Start-network recipe (issue 20; PMRF, Ohayon et al. 2025): the flow starts at a posterior mean,
+# start(lq) + sigma_p eps, with start = the published BSRN x4 (override start=rlfn-x4, or any model of kind sr or
+# regression), so the fidelity end is strong by construction and the flow only adds texture. sigma_p 0.1 is
+# PMRF's; benchmarks/start_ab.sh measures it against 0.2 and the bicubic start. The GPU net is sized so that
+# start + one-step student stay within 2x the start network's CPU latency (target S6).
+GPU_PM_NET = dict(TINY_NET, channels=40)
+
+
+def _pm(base, **kw) -> TrainConfig:
+    return base(start="bsrn-x4", sigma_p=0.1, **kw)
+
+
 PRESETS = {
     "tiny-teacher": lambda: _tiny(preset="tiny-teacher", objective="flow_matching", default_steps=4),
     "tiny-regression": lambda: _tiny(preset="tiny-regression", objective="regression", loss="l1"),
@@ -320,6 +359,19 @@ PRESETS = {
                              warmup=100, teacher="runs/teacher-x4"),
     "meanflow-x4": lambda: _gpu(preset="meanflow-x4", objective="meanflow", max_steps=5000, lr=1e-4,
                                 warmup=100, teacher="runs/teacher-x4"),
+    "tiny-teacher-pm": lambda: _pm(_tiny, preset="tiny-teacher-pm", objective="flow_matching", default_steps=4),
+    "tiny-oftsr-pm": lambda: _pm(_tiny, preset="tiny-oftsr-pm", objective="oftsr", max_steps=1000, lr=2e-4,
+                                 warmup=50, teacher="runs/tiny-teacher-pm"),
+    "tiny-meanflow-pm": lambda: _pm(_tiny, preset="tiny-meanflow-pm", objective="meanflow", max_steps=1000,
+                                    lr=2e-4, warmup=50, teacher="runs/tiny-teacher-pm", guidance=1.5,
+                                    mf_student_states=0.5),
+    "teacher-x4-pm": lambda: _pm(_gpu, preset="teacher-x4-pm", objective="flow_matching", default_steps=4,
+                                 net=NetConfig(**GPU_PM_NET)),
+    "oftsr-x4-pm": lambda: _pm(_gpu, preset="oftsr-x4-pm", objective="oftsr", max_steps=5000, lr=1e-4, warmup=100,
+                               teacher="runs/teacher-x4-pm", net=NetConfig(**GPU_PM_NET)),
+    "meanflow-x4-pm": lambda: _pm(_gpu, preset="meanflow-x4-pm", objective="meanflow", max_steps=5000, lr=1e-4,
+                                  warmup=100, teacher="runs/teacher-x4-pm", guidance=1.5, mf_student_states=0.5,
+                                  net=NetConfig(**GPU_PM_NET)),
     # real-world: trained on Real-ESRGAN second-order degradations instead of bicubic
     "tiny-teacher-real": lambda: _tiny(preset="tiny-teacher-real", objective="flow_matching", default_steps=4,
                                        degradation="realesrgan"),

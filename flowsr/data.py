@@ -27,9 +27,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from flowsr import shards
-from flowsr.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_bytes
+from flowsr.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_bytes, write_image
 from flowsr.ops import imresize
 
 DATA_MODES = ("auto", "memory", "stream")
@@ -164,15 +165,50 @@ class _From(torch.utils.data.Sampler):
         return itertools.count(self.start)
 
 
+def start_image(hr: torch.Tensor, scale: int, start_net) -> torch.Tensor:
+    """A whole training image's start image: HR (3,H,W) uint8 -> ``start_net(lq)`` (3,H',W') uint8, where
+    lq is the MATLAB-bicubic LR of HR cropped to a multiple of ``scale`` (H' = H - H % scale)."""
+    hr = hr[:, :hr.shape[1] - hr.shape[1] % scale, :hr.shape[2] - hr.shape[2] % scale]
+    lq = bicubic_pair(hr[None].float() / 255, scale)[0]
+    with torch.no_grad():
+        return (start_net(lq)[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def cached_start_image(item: Item, hr: torch.Tensor, scale: int, start_net, cache: Path | None) -> torch.Tensor:
+    """:func:`start_image`, kept as a PNG in ``cache`` (a folder for one start network), keyed by the
+    image's name, size and modification time, so later runs read it instead of running the network."""
+    if cache is None:
+        return start_image(hr, scale, start_net)
+    stat = Path(item.path).stat()
+    key = hashlib.sha256(f"{item.name}:{item.offset}:{stat.st_size}:{stat.st_mtime_ns}:x{scale}".encode()).hexdigest()
+    path = Path(cache) / f"{key[:32]}.png"
+    if path.is_file():
+        try:
+            return (read_image(path).rgb * 255).round().to(torch.uint8)
+        except ImageReadError:
+            pass  # a damaged cache file: computed again below
+    base = start_image(hr, scale, start_net)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, base.float() / 255)
+    return base
+
+
 def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
                  start: int = 0, mode: str = "auto", memory_mb: float = 1024, num_workers: int = 4,
-                 pin_memory: bool = False) -> tuple[Iterator[torch.Tensor], str]:
+                 pin_memory: bool = False, start_net=None, scale: int = 4,
+                 start_cache: Path | None = None) -> tuple[Iterator[torch.Tensor], str]:
     """Endless batches (B,3,crop,crop) uint8 of this rank's crops, from crop number ``start`` on, and
     one line saying what is fed and how.
 
     ``mode``: "memory", "stream", or "auto" (memory while the rank's images take at most
     ``memory_mb`` MB decoded). Streaming decodes in ``num_workers`` DataLoader processes (0: in this
     one). Unusable images are skipped with a warning; none at all is a ValueError.
+
+    ``start_net`` (memory mode only; a frozen start network LR [0,1] -> HR [0,1]): each image's start
+    image (:func:`start_image`, from the whole image's bicubic LR) is computed once and stacked under it,
+    so the batches are (B,6,crop,crop): HR, then the start image cut at the same place (see
+    :func:`make_batch`). The start then costs nothing per step, and sees whole images, as at inference.
+    ``start_cache``: a folder keeping the start images between runs (:func:`cached_start_image`).
     """
     if mode not in DATA_MODES:
         raise ValueError(f"data_mode must be one of {', '.join(DATA_MODES)}, not {mode!r}")
@@ -182,12 +218,17 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
     images = None
     if chosen == "memory":
         images, kept = [], []
-        for item in items:
+        for item in tqdm(items, desc="start images", disable=start_net is None, leave=False):
             try:
-                images.append(read_item(item, crop))
-                kept.append(item)
+                image = read_item(item, crop)
             except ImageReadError as error:
                 skipped.append(str(error))
+                continue
+            if start_net is not None:
+                base = cached_start_image(item, image, scale, start_net, start_cache)
+                image = torch.cat([image[:, :base.shape[1], :base.shape[2]], base])
+            images.append(image)
+            kept.append(item)
         items = kept
     for message in skipped:
         print(f"warning: skipped {message}")
@@ -201,7 +242,8 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
     how = {"memory": "in memory", "stream": f"streamed by {workers} worker process{'es' if workers > 1 else ''}"
            if workers else "streamed by the training process"}[chosen]
     line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
-            f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})")
+            f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})"
+            f"{', with their start images' if start_net is not None and chosen == 'memory' else ''}")
     return iter(loader), line
 
 
@@ -216,15 +258,20 @@ def bicubic_pair(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tens
     return lq, imresize(lq, scale=scale).clamp(0, 1)
 
 
-def make_batch(hr_uint8: torch.Tensor, scale: int, device: torch.device, degrade=None) -> dict:
+def make_batch(hr_uint8: torch.Tensor, scale: int, device: torch.device, degrade=None, start=None) -> dict:
     """Build a training batch ``{"gt", "cond"}`` in [-1,1] on ``device`` from uint8 HR crops.
 
     ``degrade``: optional callable HR [0,1] -> LR [0,1] (e.g. Real-ESRGAN); default MATLAB bicubic.
+    ``start``: optional frozen start network, LR (B,3,h,w) [0,1] -> (B,3,h*scale,w*scale) [0,1]: ``cond`` is
+    then ``start(lq)`` instead of ``up(lq)`` (PMRF's posterior-mean start).
     """
     hr = hr_uint8.to(device, non_blocking=True).float() / 255
+    if hr.shape[1] == 6:  # HR stacked on its cached start image (crop_batches with start_net)
+        return {"gt": hr[:, :3] * 2 - 1, "cond": hr[:, 3:] * 2 - 1}
     lq = degrade(hr) if degrade is not None else bicubic_pair(hr, scale)[0]
-    up = imresize(lq, size=hr.shape[-2:]).clamp(0, 1)
-    return {"gt": hr * 2 - 1, "cond": up * 2 - 1}
+    with torch.no_grad():
+        base = start(lq) if start is not None else imresize(lq, size=hr.shape[-2:]).clamp(0, 1)
+    return {"gt": hr * 2 - 1, "cond": base * 2 - 1}
 
 
 def uint8_hwc(tensor: torch.Tensor) -> np.ndarray:

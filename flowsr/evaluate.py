@@ -229,10 +229,13 @@ class Reference:
                              "reference)")
         if ref.scale != model.scale:
             raise ValueError(f"--reference {ref.name} is x{ref.scale}, {model.name} is x{model.scale}")
-        noisy = model.config is not None and model.config.kind != "regression"
+        noisy = model.config is not None and model.config.kind not in ("regression", "sr")
         if noisy and model.config.sigma_p != ref.config.sigma_p:
             raise ValueError(f"--reference {ref.name}: sigma_p {ref.config.sigma_p} differs from {model.name}'s "
                              f"{model.config.sigma_p}, so their source noise differs")
+        if noisy and model.config.start_sha256 != ref.config.start_sha256:
+            raise ValueError(f"--reference {ref.name} starts from {ref.config.start}, {model.name} from "
+                             f"{model.config.start}: their flows differ")
 
     def output(self, lq: torch.Tensor, name: str, seed: int, guidance: float, tile: int) -> np.ndarray:
         """The reference output (uint8 HWC) for one image, from the evaluated row's per-image seed."""

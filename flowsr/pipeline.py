@@ -21,9 +21,16 @@ import torch.nn.functional as F
 
 from flowsr import colorfix, samplers
 from flowsr import settings as rules
-from flowsr.catalog import WEIGHTS_DIR, bundled_models, default_model, model_path  # noqa: F401 (re-exported)
+from flowsr.catalog import (  # noqa: F401 (re-exported)
+    WEIGHTS_DIR,
+    bundled_models,
+    default_model,
+    model_path,
+    start_path,
+    weights_sha256,
+)
 from flowsr.checkpoint import ModelLoadError, load_model_dir
-from flowsr.config import ModelConfig
+from flowsr.config import START_KINDS, ModelConfig
 from flowsr.flow import source, time_grid
 from flowsr.io import Image, as_image
 from flowsr.ops import imresize
@@ -62,13 +69,20 @@ def image_seed(seed: int, name: str) -> int:
 
 
 class Upscaler:
-    """A loaded model. ``config is None`` for the built-in bicubic baseline."""
+    """A loaded model. ``config is None`` for the built-in bicubic baseline.
+
+    ``start``: the loaded start network of a flow model whose ``config.start`` is not bicubic (an
+    Upscaler of kind sr or regression): the flow starts from ``start.predict(lq)`` instead of ``up(lq)``.
+    """
 
     def __init__(self, net, config: ModelConfig | None, name: str, scale: int = 4,
-                 device: str = "auto", dtype: str = "auto"):
+                 device: str = "auto", dtype: str = "auto", start: Upscaler | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.name, self.config = name, config
+        self.name, self.config, self.start = name, config, start
+        if config is not None and (config.start != "bicubic") != (start is not None):
+            raise ValueError(f"{name}: config.start is {config.start!r} but "
+                             f"{'a' if start is not None else 'no'} start network was given")
         self.scale = config.scale if config else scale
         torch_net = isinstance(net, torch.nn.Module)  # else an ONNX Runtime network (flowsr.onnx_backend)
         self.net = net.to(self.device) if torch_net else net
@@ -89,6 +103,8 @@ class Upscaler:
         """
         if mode not in self.COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {', '.join(self.COMPILE_MODES)}, not {mode!r}")
+        if self.start is not None:
+            self.start.compile(mode)
         if self.net is None:
             return self
         if self.backend != "torch":
@@ -120,6 +136,8 @@ class Upscaler:
         kind = self.config.kind if self.config else "bicubic"
         if kind == "bicubic":
             return 0
+        if kind == "sr":
+            return 1
         if kind != "flow":
             return s.steps
         per_step = (2 if s.sampler == "heun" else 1) * (1 if s.guidance == 1.0 else 2)
@@ -195,17 +213,34 @@ class Upscaler:
 
     @property
     def _needs_noise(self) -> bool:
-        return self.net is not None and self.config.kind != "regression"
+        return self.net is not None and self.config.kind not in START_KINDS
+
+    @torch.no_grad()
+    def predict(self, lq: torch.Tensor) -> torch.Tensor:
+        """One deterministic pass of a one-shot model (bicubic, sr, regression; what a flow may start
+        from): lq (B,3,h,w) float in [0,1] on any device -> (B,3,h*scale,w*scale) float32 in [0,1] on
+        this model's device. Untiled, no colour fix."""
+        if self.config is not None and self.config.kind not in START_KINDS:
+            raise ValueError(f"{self.name} ({self.config.kind}) is not a one-pass model; use upscale_tensor")
+        return self._run(lq.to(self.device, torch.float32), None, self.resolve(Settings()))
 
     def _run(self, lq: torch.Tensor, noise: torch.Tensor | None, s: Settings) -> torch.Tensor:
         """One model pass: lq (B,3,h,w) in [0,1] and noise (B,3,H,W) (None: the model takes none)."""
         up = imresize(lq, scale=self.scale).clamp(0, 1)
         if self.net is None:
             return up
+        if self.config.kind == "sr":  # a feed-forward SR network: its input is lq itself
+            if self.device.type == "cuda":
+                lq = lq.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                result = self.net(lq).float().clamp(0, 1)
+            return colorfix.color_fix(result, up, s.color_fix)
+        # the image the flow starts from and is conditioned on: up(lq), or the start network's start(lq)
+        base = up if self.start is None else self.start.predict(lq)
         multiple = self.net.size_multiple
-        height, width = up.shape[-2:]
+        height, width = base.shape[-2:]
         pad = (0, -width % multiple, 0, -height % multiple)
-        cond = F.pad(up * 2 - 1, pad, mode="reflect" if max(pad) < min(height, width) else "replicate")
+        cond = F.pad(base * 2 - 1, pad, mode="reflect" if max(pad) < min(height, width) else "replicate")
         if noise is not None:
             noise = F.pad(noise.to(self.device), pad)
         if self.device.type == "cuda":
@@ -400,10 +435,14 @@ def _tiled_rows(lq, run, scale: int, tile: int, overlap: int, noise: _SourceNois
     yield from finished(acc, acc_top, acc_top + tile_h)
 
 
+MAX_START_DEPTH = 3  # a start network may itself start from one, this many levels deep
+
+
 def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto",
-         scale: int | None = None) -> Upscaler:
+         scale: int | None = None, _depth: int = 0) -> Upscaler:
     """Load ``model``: ``"bicubic"``, ``"default"``, a bundled name (see ``flowsr models``) or a directory
     (``model.safetensors`` runs in torch, ``model.onnx`` from ``flowsr export`` in ONNX Runtime).
+    A model with a start network loads it too (``config.start``), checked by scale and checksum.
 
     Raises :class:`flowsr.checkpoint.ModelLoadError` with a one-line message when it cannot.
     """
@@ -421,5 +460,28 @@ def load(model: str | Path = "default", device: str = "auto", dtype: str = "auto
         net, config = load_model_dir(path)
     if scale is not None and scale != config.scale:
         raise ModelLoadError(f"{path}: model is trained for x{config.scale}, not x{scale}")
+    start = None if config.start == "bicubic" else load_start(path, config, device, dtype, _depth)
     # labelled by the directory the user named (two runs of one preset stay apart in a sweep)
-    return Upscaler(net, config, path.resolve().name or config.name, device=device, dtype=dtype)
+    return Upscaler(net, config, path.resolve().name or config.name, device=device, dtype=dtype, start=start)
+
+
+def load_start(path: Path | None, config: ModelConfig, device: str = "auto", dtype: str = "auto",
+               _depth: int = 0) -> Upscaler:
+    """The start network of the model at ``path`` (``config.start``; ``path`` None: a training run's),
+    checked: it exists, is a one-pass model (kind sr or regression) of the same scale, and its weights'
+    SHA-256 is ``config.start_sha256``. ModelLoadError naming both models otherwise."""
+    where = path if path is not None else "this run"
+    if _depth >= MAX_START_DEPTH:
+        raise ModelLoadError(f"{where}: start networks nested more than {MAX_START_DEPTH} deep")
+    directory = start_path(path, config.start)
+    start = load(directory, device, dtype, _depth=_depth + 1)
+    if start.config is None or start.config.kind not in START_KINDS:
+        raise ModelLoadError(f"{where}: its start network {config.start} is a "
+                             f"{start.config.kind if start.config else 'bicubic'} model; a start must be "
+                             f"one of {', '.join(START_KINDS)}")
+    if start.scale != config.scale:
+        raise ModelLoadError(f"{where}: x{config.scale} model, but its start network {config.start} is x{start.scale}")
+    if config.start_sha256 and weights_sha256(directory) != config.start_sha256:
+        raise ModelLoadError(f"{where}: its start network {directory} does not match the one it was trained on "
+                             f"(SHA-256 {weights_sha256(directory)[:12]}..., expected {config.start_sha256[:12]}...)")
+    return start

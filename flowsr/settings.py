@@ -13,7 +13,7 @@ MAX_STEPS = 1000  # sampling steps (a flow teacher is sharp well below 100)
 MAX_GUIDANCE = 20.0  # classifier-free guidance scale w (1 = off)
 MAX_SCALE = 8  # super-resolution factor
 KNOB_KINDS = ("oftsr", "meanflow")  # the model kinds with a fidelity-realism knob t
-ONE_STEP_KINDS = ("bicubic", "regression", "oftsr")
+ONE_STEP_KINDS = ("bicubic", "regression", "oftsr", "sr")
 
 
 @dataclass
@@ -46,7 +46,7 @@ def check_guidance(guidance, what: str = "guidance") -> None:
 def resolve(settings: Settings, kind: str, name: str, default_steps: int = 1, default_t: float = 1.0,
             default_guidance: float = 1.0) -> Settings:
     """Fill ``settings``' None fields with the model's defaults and check them for this model ``kind``
-    (bicubic, flow, regression, oftsr, meanflow); raises ValueError with a one-line message."""
+    (bicubic, flow, regression, oftsr, meanflow, sr); raises ValueError with a one-line message."""
     steps = settings.steps if settings.steps is not None else default_steps
     t = settings.t if settings.t is not None else default_t
     guidance = settings.guidance if settings.guidance is not None else default_guidance

@@ -64,11 +64,32 @@ def build_loss(cfg: TrainConfig, teacher=None):
                    adaptive_p=cfg.adaptive_p, adaptive_c=cfg.adaptive_c, p_drop=cfg.p_drop)
 
 
-def model_config(cfg: TrainConfig, training: dict) -> ModelConfig:
+def start_cache_dir(sha: str) -> Path | None:
+    """Where the start images of one start network are kept between runs (``$FLOWSR_CACHE``, else
+    ``~/.cache/flowsr``); None for the bicubic start."""
+    root = Path(os.environ.get("FLOWSR_CACHE") or Path.home() / ".cache" / "flowsr")
+    return root / f"start-{sha[:16]}" if sha else None
+
+
+def model_config(cfg: TrainConfig, training: dict, start_sha256: str = "") -> ModelConfig:
     kind = KIND_OF_OBJECTIVE[cfg.objective]
     steps = cfg.default_steps or (4 if kind == "flow" else 1)
     return ModelConfig(kind=kind, scale=cfg.scale, net=copy.deepcopy(cfg.net), sigma_p=cfg.sigma_p,
-                       default_steps=steps, name=cfg.preset, training=training)
+                       default_steps=steps, name=cfg.preset, training=training, start=cfg.start,
+                       start_sha256=start_sha256)
+
+
+def load_start_network(cfg: TrainConfig, device):
+    """The frozen start network of a run (``cfg.start``), as a loaded one-pass model, and its weights'
+    SHA-256; (None, "") for the bicubic start."""
+    if cfg.start == "bicubic":
+        return None, ""
+    from flowsr.catalog import start_path, weights_sha256
+    from flowsr.pipeline import load_start
+
+    sha = weights_sha256(start_path(None, cfg.start))
+    probe = ModelConfig(kind="flow", scale=cfg.scale, net=cfg.net, start=cfg.start, start_sha256=sha)
+    return load_start(None, probe, device=str(device), dtype="fp32"), sha
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
@@ -137,6 +158,22 @@ def load_trained(spec: str, device) -> tuple[UNet, ModelConfig]:
     return load_model_dir(bundled_models().get(spec, Path(spec)), device)
 
 
+def start_of(spec: str, config: ModelConfig) -> str:
+    """The start of the trained model ``spec`` as this process can name it: ``bicubic``, a bundled name,
+    or the start's directory (a relative start is relative to the model's directory)."""
+    from flowsr.catalog import bundled_models, model_path, start_path
+
+    if config.start == "bicubic" or config.start in bundled_models():
+        return config.start
+    return str(start_path(model_path(spec), config.start))
+
+
+def _start_sha(spec: str) -> str:
+    from flowsr.catalog import start_path, weights_sha256
+
+    return "" if spec == "bicubic" else weights_sha256(start_path(None, spec))
+
+
 def load_teacher(spec: str, device) -> tuple[UNet, ModelConfig]:
     teacher, config = load_trained(spec, device)
     if config.kind != "flow":
@@ -145,11 +182,12 @@ def load_teacher(spec: str, device) -> tuple[UNet, ModelConfig]:
 
 
 @torch.no_grad()
-def validate(net: UNet, model_cfg: ModelConfig, images: list[np.ndarray], device) -> float:
-    """Mean PSNR-Y (crop = scale) of the model's default sampler on HR images (uint8 HWC)."""
+def validate(net: UNet, model_cfg: ModelConfig, images: list[np.ndarray], device, start=None) -> float:
+    """Mean PSNR-Y (crop = scale) of the model's default sampler on HR images (uint8 HWC); ``start``: the
+    loaded start network of a start-network model."""
     from flowsr.pipeline import Upscaler
 
-    upscaler = Upscaler(net, model_cfg, "validation", device=str(device), dtype="fp32")
+    upscaler = Upscaler(net, model_cfg, "validation", device=str(device), dtype="fp32", start=start)
     scores = []
     for index, hr in enumerate(images):
         lq = torch.from_numpy(imresize(hr, scale=1 / model_cfg.scale)).permute(2, 0, 1)[None] / 255
@@ -266,11 +304,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     if cfg.objective in ("oftsr", "meanflow") and cfg.teacher:
         teacher, teacher_cfg = load_teacher(cfg.teacher, device)
         cfg.net, cfg.sigma_p, cfg.scale = copy.deepcopy(teacher_cfg.net), teacher_cfg.sigma_p, teacher_cfg.scale
+        cfg.start = start_of(cfg.teacher, teacher_cfg)  # a student's flow starts where its teacher's does
     init, before = None, {"steps": 0, "wall_seconds": 0.0}  # training the init model already had
     if cfg.init:
         init, init_cfg = load_trained(cfg.init, device)
         if init_cfg.scale != cfg.scale:
             raise ModelLoadError(f"init={cfg.init}: scale x{init_cfg.scale}, this run trains x{cfg.scale}")
+        if _start_sha(start_of(cfg.init, init_cfg)) != _start_sha(cfg.start):
+            raise ModelLoadError(f"init={cfg.init} starts from {init_cfg.start}, this run from {cfg.start}; "
+                                 f"set start={start_of(cfg.init, init_cfg)}")
         cfg.net = copy.deepcopy(init_cfg.net)
         before = {k: init_cfg.training.get(f"{k}_total", init_cfg.training.get(k, 0)) for k in before}
     net = UNet(cfg.net)
@@ -284,6 +326,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                   weight_decay=cfg.weight_decay)
     loss_fn = build_loss(cfg, teacher)
+    start_net, start_sha = load_start_network(cfg, device)  # frozen: the flow's start, computed per batch
+    start_fn = start_net.predict if start_net is not None else None
 
     degrade, deg_generator = None, None
     if cfg.degradation == "realesrgan":
@@ -304,7 +348,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     # the crop stream restarts where the checkpoint left it (the crops are a function of their number)
     batches, data_line = crop_batches(cfg.data, cfg.crop, cfg.batch_size, cfg.seed, rank=rank, world=world,
                                       start=crops_before, mode=cfg.data_mode, memory_mb=cfg.data_memory_mb,
-                                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                      start_net=start_fn if degrade is None else None, scale=cfg.scale,
+                                      start_cache=start_cache_dir(start_sha))
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -343,7 +389,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         save_training_checkpoint(checkpoint_path, net=net, ema=ema, optimizer=optimizer, step=step,
                                  meta={"wall_seconds": wall, "crops_seen": crops_seen, "config": asdict(cfg)},
                                  rng=rng)
-        save_model_dir(out, ema, model_config(cfg, training))
+        save_model_dir(out, ema, model_config(cfg, training, start_sha))
 
     started = time.perf_counter()
     progress = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps,
@@ -358,7 +404,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, elapsed)
-        batch = make_batch(next(batches), cfg.scale, device, degrade)
+        batch = make_batch(next(batches), cfg.scale, device, degrade, start_fn)
         if device.type == "cuda" and cfg.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -384,7 +430,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
             save(done, wall_before + time.perf_counter() - started)
         if is_main and val_images and (done % cfg.val_every == 0 or done == cfg.max_steps):
-            score = validate(ema, model_config(cfg, {}), val_images, device)
+            score = validate(ema, model_config(cfg, {}, start_sha), val_images, device, start_net)
             _log(out, writer, {"step": done, "val_psnr_y": score})
             progress.write(f"step {done}: validation PSNR-Y {score:.2f} dB")
     if start >= cfg.max_steps and is_main:
