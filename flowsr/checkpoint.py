@@ -172,5 +172,7 @@ def load_training_checkpoint(path: Path, *, net, ema, optimizer) -> tuple[int, d
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     param_groups = json.loads(metadata["param_groups"])
+    for saved, current in zip(param_groups, optimizer.param_groups):  # this run's implementation (fused or not)
+        saved.update({k: current[k] for k in ("foreach", "fused", "capturable") if k in current})
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     return int(metadata["step"]), json.loads(metadata["meta"]), section("rng.")

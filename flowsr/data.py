@@ -13,12 +13,17 @@ Two ways to feed the crops, the same crops either way (``data_mode``):
 - ``stream``: ``DataLoader`` worker processes read and decode each image when its crop is due and
   work ahead of the step (pinned memory on CUDA); memory does not grow with the set.
 
+The fast training path (``fast=true``, issue 21) keeps memory-mode images on the training device instead
+and cuts each batch there in one gather (:class:`DeviceCrops`): the same images in the same epoch order,
+the places and orientations drawn per batch rather than per crop.
+
 Images are files under a folder, or members of the tar shards ``flowsr shard`` writes (a folder with
 ``index.json``). The LR image is made from the HR crop on the training device (:func:`make_batch`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -108,6 +113,12 @@ def _generator(*key) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, rank: int, epoch: int, count: int) -> torch.Tensor:
+    """The order a rank's ``count`` images are visited in during ``epoch`` (a permutation; do not modify)."""
+    return torch.randperm(count, generator=_generator(seed, rank, "epoch", epoch))
+
+
 class Crops(torch.utils.data.Dataset):
     """Crop number ``n`` of one rank, ``crops[n]``: (3, crop, crop) uint8, randomly flipped and rotated
     by multiples of 90 degrees (see the module docstring).
@@ -119,14 +130,10 @@ class Crops(torch.utils.data.Dataset):
     def __init__(self, items: list[Item], crop: int, seed: int, rank: int = 0,
                  images: list[torch.Tensor] | None = None):
         self.items, self.crop, self.seed, self.rank, self.images = items, crop, seed, rank, images
-        self._epoch, self._order = -1, None
 
     def order(self, epoch: int) -> torch.Tensor:
         """The order the rank's images are visited in during ``epoch``."""
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(len(self.items), generator=_generator(self.seed, self.rank, "epoch", epoch))
-        return self._order
+        return epoch_order(self.seed, self.rank, epoch, len(self.items))
 
     def _image(self, epoch: int, slot: int) -> torch.Tensor:
         order = self.order(epoch)
@@ -153,6 +160,70 @@ class Crops(torch.utils.data.Dataset):
         if draw(2):
             patch = patch.flip(-1)
         return torch.rot90(patch, draw(4), dims=(1, 2)).contiguous()
+
+
+def orientation_grids(crop: int) -> torch.Tensor:
+    """(8, 2, crop, crop) long: for orientation ``4 flip + k``, the (row, column) of the patch that each pixel
+    of ``rot90(patch.flip(-1) if flip else patch, k)`` comes from (Crops' transforms, applied to pixel numbers)."""
+    numbers = torch.arange(crop * crop).view(crop, crop)
+    grids = [torch.rot90(numbers.flip(-1) if flip else numbers, k) for flip in (0, 1) for k in range(4)]
+    return torch.stack([torch.stack([grid // crop, grid % crop]) for grid in grids])
+
+
+class DeviceCrops:
+    """Endless batches (B, C, crop, crop) uint8 cut on ``device`` from ``images`` held there (the fast path).
+
+    ``images``: (C, H, W) uint8 tensors (C = 3, or 6 for HR stacked on its start image), kept in one flat
+    buffer on ``device``. The batch from crop number ``n`` holds crops ``n .. n + B - 1``: the images of
+    those numbers in :func:`epoch_order` (each image once per epoch, as :class:`Crops`), at places and
+    orientations (left-right flip, then rotation by ``k`` quarter turns) drawn from (seed, rank, "batch", n)
+    on the host, four numbers a row, and cut with one indexing op on the device. So the stream is a pure
+    function of (seed, rank, crop number) and ``start`` resumes it at any batch boundary.
+    """
+
+    def __init__(self, images: list[torch.Tensor], crop: int, batch_size: int, seed: int, rank: int = 0,
+                 start: int = 0, device: torch.device | str = "cpu"):
+        self.crop, self.batch_size, self.seed, self.rank, self.next_crop = crop, batch_size, seed, rank, start
+        self.device = torch.device(device)
+        self.channels = images[0].shape[0]
+        self.sizes = torch.tensor([tuple(image.shape[1:]) for image in images])  # (N, 2): H, W
+        lengths = self.channels * self.sizes.prod(1)
+        self.offsets = lengths.cumsum(0) - lengths  # where each image starts in the flat buffer
+        self.pixels = torch.cat([image.reshape(-1) for image in images]).to(self.device)
+        self.grids = orientation_grids(crop).to(self.device)
+        self.planes = torch.arange(self.channels, device=self.device).view(1, -1, 1, 1)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = self.batch(self.next_crop)
+        self.next_crop += self.batch_size
+        return batch
+
+    def batch(self, n: int) -> torch.Tensor:
+        """The batch of crops ``n .. n + B - 1``."""
+        count, crop = len(self.sizes), self.crop
+        # which image each crop number cuts: its slot in its epoch's order
+        numbers = torch.arange(n, n + self.batch_size)
+        epochs, slots = numbers // count, numbers % count
+        picks = torch.empty_like(numbers)
+        for epoch in epochs.unique().tolist():
+            rows = epochs == epoch
+            picks[rows] = epoch_order(self.seed, self.rank, epoch, count)[slots[rows]]
+        # where and how to cut it
+        heights, widths = self.sizes[picks].unbind(1)
+        generator = _generator(self.seed, self.rank, "batch", n)
+        draws = torch.rand(self.batch_size, 4, dtype=torch.float64, generator=generator)
+        top = (draws[:, 0] * (heights - crop + 1)).long()
+        left = (draws[:, 1] * (widths - crop + 1)).long()
+        orientation = 4 * (draws[:, 2] < 0.5).long() + (4 * draws[:, 3]).long()
+        rows = torch.stack([self.offsets[picks] + top * widths + left, widths, heights * widths, orientation], 1)
+        corner, width, plane, orientation = rows.to(self.device, non_blocking=True).view(-1, 4, 1, 1, 1).unbind(1)
+        # one gather: flat index of every output pixel of every channel of every row
+        grid = self.grids[orientation[:, 0, 0, 0]]  # (B, 2, crop, crop): source row and column in the patch
+        index = corner + self.planes * plane + grid[:, None, 0] * width + grid[:, None, 1]
+        return self.pixels[index]
 
 
 class _From(torch.utils.data.Sampler):
@@ -196,7 +267,8 @@ def cached_start_image(item: Item, hr: torch.Tensor, scale: int, start_net, cach
 def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
                  start: int = 0, mode: str = "auto", memory_mb: float = 1024, num_workers: int = 4,
                  pin_memory: bool = False, start_net=None, scale: int = 4,
-                 start_cache: Path | None = None) -> tuple[Iterator[torch.Tensor], str]:
+                 start_cache: Path | None = None, device: torch.device | str | None = None
+                 ) -> tuple[Iterator[torch.Tensor], str]:
     """Endless batches (B,3,crop,crop) uint8 of this rank's crops, from crop number ``start`` on, and
     one line saying what is fed and how.
 
@@ -209,6 +281,9 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
     so the batches are (B,6,crop,crop): HR, then the start image cut at the same place (see
     :func:`make_batch`). The start then costs nothing per step, and sees whole images, as at inference.
     ``start_cache``: a folder keeping the start images between runs (:func:`cached_start_image`).
+
+    ``device`` (the fast path): in memory mode, the images are held on ``device`` and the batches cut
+    there (:class:`DeviceCrops`, already on ``device``); None: cut on the host, one crop at a time.
     """
     if mode not in DATA_MODES:
         raise ValueError(f"data_mode must be one of {', '.join(DATA_MODES)}, not {mode!r}")
@@ -234,16 +309,20 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
         print(f"warning: skipped {message}")
     if not items:
         raise ValueError(f"{data}: no usable training images (need images of at least {crop}px)")
+    on_device = chosen == "memory" and device is not None
+    how = {"memory": f"in memory{f', cut on {torch.device(device)}' if on_device else ''}",
+           "stream": f"streamed by {num_workers} worker process{'es' if num_workers > 1 else ''}"
+           if num_workers else "streamed by the training process"}[chosen]
+    line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
+            f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})"
+            f"{', with their start images' if start_net is not None and chosen == 'memory' else ''}")
+    if on_device:
+        return DeviceCrops(images, crop, batch_size, seed, rank, start, device), line
     workers = num_workers if chosen == "stream" else 0
     loader = torch.utils.data.DataLoader(
         Crops(items, crop, seed, rank, images), batch_size=batch_size, sampler=_From(start),
         num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
         generator=torch.Generator())  # its own generator: creating the loader leaves the global RNG alone
-    how = {"memory": "in memory", "stream": f"streamed by {workers} worker process{'es' if workers > 1 else ''}"
-           if workers else "streamed by the training process"}[chosen]
-    line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
-            f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})"
-            f"{', with their start images' if start_net is not None and chosen == 'memory' else ''}")
     return iter(loader), line
 
 

@@ -5,7 +5,9 @@ returns a velocity; t=0 is the noisy LR side, t=1 the HR side; zeros in ``cond``
 condition. A student's average velocity over [t, s] is ``u(x, t, s) = net(x, t, cond, h=s - t)``.
 Hyper-parameters and frozen teachers are bound with ``functools.partial``, e.g.
 ``partial(meanflow_loss, teacher=freeze(teacher), guidance=2.0)``. Teachers are only called under
-``torch.no_grad()``. ``logs`` maps names to Python floats.
+``torch.no_grad()``. ``logs`` maps names to scalars: detached 0-d tensors (on the batch's device) or
+Python numbers; the training loop fetches them from the device only when it writes a log row, so a
+step needs no host sync.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-def _logs(**values: Tensor | float) -> dict[str, float]:
-    """Scalars as Python floats, fetched from the device with one sync."""
-    out = {k: v for k, v in values.items() if not isinstance(v, Tensor)}
-    keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-    if keys:
-        out.update(zip(keys, torch.stack([values[k].detach().double() for k in keys]).tolist(), strict=True))
-    return {k: float(out[k]) for k in values}
+def _logs(**values: Tensor | float) -> dict[str, Tensor | float]:
+    """Scalars for the log, tensors detached and left on their device (no sync)."""
+    return {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
+
+
+def unwrap(net: Callable) -> Callable:
+    """The plain module inside ``torch.compile`` and DDP wrappers (either or both; else ``net`` itself): the
+    no-grad and forward-mode (JVP) calls of a loss run on it."""
+    for wrapper_attribute in ("_orig_mod", "module"):  # torch.compile's, then DDP's
+        net = getattr(net, wrapper_attribute, net)
+    return net
 
 
 def _drop_cond(cond: Tensor, p_drop: float) -> tuple[Tensor, Tensor]:
@@ -234,12 +240,12 @@ def meanflow_loss(net: Callable, batch: dict, *, teacher: Callable | None = None
 
     Times from :func:`meanflow_times` (``p_equal``, ``p_grid``): the ``s != t`` rows come first, so the
     JVP runs on those rows only, with static shapes. The JVP and the mixing/teacher calls run without
-    autograd on ``getattr(net, "module", net)``; the prediction is one ordinary forward through ``net``
+    autograd on the plain module (:func:`unwrap`); the prediction is one ordinary forward through ``net``
     (DDP gradient sync). Logs include the share of rows near each sampler's pairs (``near_{k}step``).
     """
     x1, cond = batch["gt"], batch["cond"]
     b = x1.shape[0]
-    module = getattr(net, "module", net)
+    module = unwrap(net)
     t, s, n = meanflow_times(b, p_equal, p_grid, device=x1.device, dtype=x1.dtype)
     # point on the path (or, for a share of rows, the student's own state at t)
     x0 = source(cond, sigma_p)

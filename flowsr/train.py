@@ -5,6 +5,14 @@ the frozen teacher, for distillation) into a ``loss_fn(net, batch) -> (loss, log
 Checkpoints hold the model, EMA, optimizer, step, every RNG state and how many crops each rank has
 drawn, so ``--resume`` continues the exact same run (same crops, same noise, same loss sequence),
 whether the crops come from memory or are streamed by loader workers (``flowsr.data``).
+
+Two paths through the same loop (``TrainConfig.fast``, issue 21). ``fast=false`` is the loop as it was:
+crops cut on the host, the loss checked for NaN/Inf every step (a host sync), EMA parameter by parameter.
+``fast=true``: in-memory images live on the training device and each batch is cut there
+(``flowsr.data.DeviceCrops``); no host sync per step (the losses of the last ``log_every`` steps are
+checked at each log row and before every checkpoint, so a diverged run still never overwrites the last
+good checkpoint); fused AdamW, foreach EMA and gradient clipping; and bf16 autocast, channels-last and
+``torch.compile`` where they pay (:func:`runtime_options`).
 """
 
 from __future__ import annotations
@@ -104,11 +112,51 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
-    for target, value in zip(ema.parameters(), net.parameters()):
-        target.lerp_(value.detach(), 1 - decay)
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, foreach: bool = False) -> None:
+    """``ema <- ema + (1 - decay) (net - ema)`` for each parameter (``foreach``: in one batched op, the
+    same numbers); buffers are copied."""
+    if foreach:
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - decay)
+    else:
+        for target, value in zip(ema.parameters(), net.parameters()):
+            target.lerp_(value.detach(), 1 - decay)
     for target, value in zip(ema.buffers(), net.buffers()):
         target.copy_(value)
+
+
+# What the fast path turns on on the CPU ("auto"), measured on the tiny presets (benchmarks/train_paths.py).
+CPU_BF16 = False
+CPU_CHANNELS_LAST = False
+
+
+def runtime_options(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool, bool]:
+    """(bf16 autocast, channels-last, torch.compile) of a run: ``amp``, ``channels_last`` and ``compile``
+    as set, "auto" resolved for the device (``fast=false``: bf16 and channels-last on CUDA only, no
+    compile; ``fast=true``: compile on CUDA too, and on the CPU what :data:`CPU_BF16` and
+    :data:`CPU_CHANNELS_LAST` say)."""
+    cuda = device.type == "cuda"
+    bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and (cuda or (cfg.fast and CPU_BF16)))
+    channels_last = cfg.channels_last and (cuda or (cfg.fast and CPU_CHANNELS_LAST))
+    compiled = cfg.compile == "true" or (cfg.compile == "auto" and cfg.fast and cuda)
+    return bf16, channels_last, compiled
+
+
+def make_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; on the fast path fused (one kernel for all parameters) where the device has it, else foreach."""
+    options = dict(lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    if not cfg.fast:
+        return torch.optim.AdamW(net.parameters(), **options)
+    try:
+        return torch.optim.AdamW(net.parameters(), fused=True, **options)
+    except RuntimeError:
+        return torch.optim.AdamW(net.parameters(), foreach=True, **options)
+
+
+def host_values(row: dict) -> dict:
+    """``row`` with its tensors as Python floats, fetched from the device together (one sync)."""
+    keys = [k for k, v in row.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([row[k].detach().double().reshape(()) for k in keys]).tolist() if keys else []
+    return {**row, **dict(zip(keys, values, strict=True))}
 
 
 def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -320,12 +368,16 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     if init is not None or teacher is not None:
         net.load_state_dict((init if init is not None else teacher).state_dict())
     net.to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    use_bf16, channels_last, use_compile = runtime_options(cfg, device)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
+        if teacher is not None and cfg.fast:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    if cfg.fast and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls left outside autocast
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # static shapes: pick the fastest kernels once
     ema = copy.deepcopy(net).requires_grad_(False)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                  weight_decay=cfg.weight_decay)
-    loss_fn = build_loss(cfg, teacher)
+    optimizer = make_optimizer(cfg, net)
     start_net, start_sha = load_start_network(cfg, device)  # frozen: the flow's start, computed per batch
     start_fn = start_net.predict if start_net is not None else None
 
@@ -350,7 +402,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                       start=crops_before, mode=cfg.data_mode, memory_mb=cfg.data_memory_mb,
                                       num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                       start_net=start_fn if degrade is None else None, scale=cfg.scale,
-                                      start_cache=start_cache_dir(start_sha))
+                                      start_cache=start_cache_dir(start_sha), device=device if cfg.fast else None)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -363,9 +415,12 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
-    if cfg.compile:
+    loss_fn = build_loss(cfg, teacher)
+    eager = None  # (model, loss_fn) to fall back to if compiling fails at the first step
+    if use_compile:
+        eager = (model, loss_fn)
         model = torch.compile(model)
-    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+        loss_fn = build_loss(cfg, torch.compile(teacher) if teacher is not None else None)
     writer = _tensorboard(out) if is_main else None
     val_images = _validation_images(cfg) if is_main else []
     if is_main:
@@ -373,7 +428,21 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
               f"{count_parameters(net) / 1e6:.2f} M parameters, steps {start} -> {cfg.max_steps}")
         print(data_line)
 
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/Inf
+
+    def check_finite() -> None:
+        """TrainingDiverged at the first non-finite loss since the last check (one host sync)."""
+        if not pending:
+            return
+        losses = torch.stack([loss for _, loss in pending]).tolist()
+        bad = [(step, value) for (step, _), value in zip(pending, losses, strict=True) if not math.isfinite(value)]
+        pending.clear()
+        if bad:
+            raise TrainingDiverged(f"loss is {bad[0][1]} at step {bad[0][0]}; the last good checkpoint "
+                                   f"({checkpoint_path}) is kept")
+
     def save(step: int, wall: float) -> None:
+        check_finite()  # a diverged run never overwrites the last good checkpoint
         rng = _gather_rng(_rng_state(device, deg_generator), world)
         if not is_main:
             return
@@ -391,13 +460,22 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                  rng=rng)
         save_model_dir(out, ema, model_config(cfg, training, start_sha))
 
+    def forward_backward(model, loss_fn, batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, logs = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, logs
+
     started = time.perf_counter()
     progress = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps,
                     disable=not is_main, dynamic_ncols=True)
     window_start, window_steps = time.perf_counter(), 0
+    sync_every = cfg.log_every if cfg.fast else 1  # steps between host syncs (NaN check, DDP time agreement)
     for step in progress:
         elapsed = wall_before + time.perf_counter() - started
-        if cfg.time_limit > 0 and _agree(elapsed >= cfg.time_limit, world, device):
+        if cfg.time_limit > 0 and (world == 1 or step % sync_every == 0) and _agree(
+                elapsed >= cfg.time_limit, world, device):
             save(step, elapsed)
             if is_main:
                 progress.write(f"time limit {cfg.time_limit:.0f} s reached at step {step}")
@@ -405,26 +483,34 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, elapsed)
         batch = make_batch(next(batches), cfg.scale, device, degrade, start_fn)
-        if device.type == "cuda" and cfg.channels_last:
+        if channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, logs = loss_fn(model, batch)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step}; the last good checkpoint "
-                                   f"({checkpoint_path}) is kept")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        if eager is None:
+            loss, logs = forward_backward(model, loss_fn, batch)
+        else:  # the first compiled step, where compiler errors show: on one, train eager
+            try:
+                loss, logs = forward_backward(model, loss_fn, batch)
+            except Exception as error:  # noqa: BLE001 - whatever the compiler raised
+                if is_main:
+                    reason = (str(error).strip().splitlines() or [""])[0][:200]
+                    print(f"torch.compile failed ({type(error).__name__}: {reason}); training eager")
+                model, loss_fn = eager
+                loss, logs = forward_backward(model, loss_fn, batch)
+            eager = None
+        pending.append((step, loss.detach()))
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip, foreach=cfg.fast or None)
         optimizer.step()
-        ema_update(ema, net, min(cfg.ema, (1 + step) / (10 + step)))
+        ema_update(ema, net, min(cfg.ema, (1 + step) / (10 + step)), foreach=cfg.fast)
         window_steps += 1
 
         done = step + 1
+        if done % sync_every == 0 or done == cfg.max_steps:
+            check_finite()
         if is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
             rate = window_steps / (time.perf_counter() - window_start)
             window_start, window_steps = time.perf_counter(), 0
-            row = {"step": done, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
-                   "grad_norm": float(grad_norm), "it_per_s": rate, **logs}
+            row = host_values({"step": done, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                               "grad_norm": grad_norm, "it_per_s": rate, **logs})
             _log(out, writer, row)
             progress.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{rate:.1f}")
         if done % cfg.ckpt_every == 0 or done == cfg.max_steps:

@@ -528,11 +528,13 @@ def _run_and_kill(command: list[str], out: Path, kill_after: int, rng: random.Ra
 def test_sigkill_anywhere_then_resume_reproduces_the_uninterrupted_run(image_folder, tmp_path, data):
     rng, steps = random.Random(), 16
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = tmp_path / "reference"  # uninterrupted, in memory, in this process on one thread like the others
+    # uninterrupted, fed the same way (the fast path cuts in-memory crops on the device, so they differ from
+    # the streamed ones), in this process on one thread like the others
+    reference = tmp_path / "reference"
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         torch.set_num_threads(1)
-        assert main(_train_command(reference, image_folder, steps, False, "data_mode=memory")[3:]) == 0
+        assert main(_train_command(reference, image_folder, steps, False, *data)[3:]) == 0
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
