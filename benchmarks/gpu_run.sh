@@ -24,8 +24,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=${RUNS:-runs/gpu-ab}; mkdir -p "$RUNS"
 SIZE=${SIZE:-gpu}
 DEADLINE=${DEADLINE:-540}        # seconds after which only the packing runs
-TEACHER_S=${TEACHER_S:-170}
-STUDENT_S=${STUDENT_S:-150}
+TEACHER_S=${TEACHER_S:-150}
+STUDENT_S=${STUDENT_S:-130}
 VARIANTS=${VARIANTS:-"bicubic:0.2 bsrn-x4:0.1 bsrn-x4:0.2 rlfn-x4:0.1"}
 EXTRA=${EXTRA:-}
 DATA=${DATA:-.gpudata/train}
@@ -35,13 +35,20 @@ left() { echo $(( DEADLINE - ($(date +%s) - BEGIN) )); }
 log "machine: $(python3 -c 'import torch;print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
 log "data: $(cat .gpudata/train.txt 2>/dev/null || ls $DATA | wc -l)"
 if [ -z "${SKIP_BENCH:-}" ]; then
-  log "phase 1: training throughput, both paths"
-  timeout 75 python3 -m flowsr bench --train teacher-x4-pm --json $RUNS/bench-train.json > $RUNS/bench-train.txt 2>&1
+  log "phase 1: training throughput: bench --train, then the teacher's previous path (fast=false) and the fast path"
+  timeout 60 python3 -m flowsr bench --train teacher-x4-pm --json $RUNS/bench-train.json > $RUNS/bench-train.txt 2>&1
+  for P in false true; do  # steps/s from log.jsonl (the fast path's first rows include compiling)
+    timeout 70 python3 -m flowsr train --preset teacher-x4-pm --out $RUNS/path-fast-$P fast=$P data=$DATA \
+      time_limit=$([ $P = true ] && echo 45 || echo 25) max_steps=1000000 val_images=0 log_every=50 \
+      ckpt_every=100000 $EXTRA > $RUNS/path-fast-$P.log 2>&1
+    tail -n 3 $RUNS/path-fast-$P/log.jsonl 2>/dev/null
+  done
+  rm -f $RUNS/path-fast-*/model.safetensors $RUNS/path-fast-*/checkpoint.safetensors
 fi
 log "phase 2: start A/B, teachers ${TEACHER_S}s, students ${STUDENT_S}s"
 RUNS=$RUNS SIZE=$SIZE TEACHER_S=$TEACHER_S STUDENT_S=$STUDENT_S VARIANTS="$VARIANTS" \
-  EXTRA="data=$DATA ckpt_every=1000 log_every=100 $EXTRA" timeout $(( $(left) - 20 )) bash benchmarks/start_ab.sh
-MODELS=$(ls -d $RUNS/*/*/ 2>/dev/null | while read D; do [ -f $D/model.safetensors ] && echo ${D%/}; done)
+  STUDENT_EXTRA="${STUDENT_EXTRA:-compile=false}" EXTRA="data=$DATA ckpt_every=1000 log_every=100 $EXTRA" timeout $(( $(left) - 20 )) bash benchmarks/start_ab.sh
+MODELS=$(ls -d $RUNS/*-s*/*/ 2>/dev/null | while read D; do [ -f $D/model.safetensors ] && echo ${D%/}; done)
 if [ "$(left)" -gt 60 ] && [ -n "$MODELS" ]; then
   log "phase 3: Set5 check"
   timeout $(( $(left) - 40 )) python3 -m flowsr eval --model bsrn-x4 rlfn-x4 $MODELS --data .gpudata/Set5 --scale 4 \
@@ -70,9 +77,9 @@ for index in range(0, len(models), 3):  # three bf16 models a tar: each under 16
             archive.addfile(info, io.BytesIO(data))
 PY
 tar czf "$OUT/results.tar.gz" $RUNS/*.json $RUNS/*.txt $RUNS/*.log $RUNS/*/*/config.json $RUNS/*/*/log.jsonl \
-  $RUNS/*/*/train_config.json 2>/dev/null
+  $RUNS/*/*/train_config.json $RUNS/path-fast-*/*.json* 2>/dev/null
 ls -la "$OUT"
-for F in $RUNS/bench-train.txt $RUNS/eval-Set5.txt $RUNS/bench-infer.txt; do
+for F in $RUNS/bench-train.txt $RUNS/eval-Set5.txt $RUNS/bench-infer.txt; do  # the short table, last
   [ -f $F ] && { echo "== $F"; grep -v "^\[" $F | tail -40; }
 done
 log "end"

@@ -18,6 +18,8 @@ VARIANTS=${VARIANTS:-"bicubic:0.2 bsrn-x4:0.1 rlfn-x4:0.1"}
 PHASES=${PHASES:-"teacher student"}
 GUIDANCE=${GUIDANCE:-1.5}
 EXTRA=${EXTRA:-}
+TEACHER_EXTRA=${TEACHER_EXTRA:-}   # overrides for the teachers only, e.g. compile=true
+STUDENT_EXTRA=${STUDENT_EXTRA:-}   # and for the students only
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 case $SIZE in
   tiny) T=tiny-teacher-pm; O=tiny-oftsr-pm; M=tiny-meanflow-pm ;;
@@ -35,7 +37,7 @@ if [[ " $PHASES " == *" teacher "* ]]; then
   for V in $VARIANTS; do
     D=$RUNS/$(name $V)
     python3 -m flowsr train --preset $T --out $D/teacher start=${V%%:*} sigma_p=${V##*:} time_limit=$TEACHER_S \
-      $COMMON $(init $(name $V)/teacher) > $D-teacher.log 2>&1 &
+      $COMMON $TEACHER_EXTRA $(init $(name $V)/teacher) > $D-teacher.log 2>&1 &
   done
   wait
   for V in $VARIANTS; do tail -c 200 $RUNS/$(name $V)-teacher.log; echo; done
@@ -45,9 +47,9 @@ if [[ " $PHASES " == *" student "* ]]; then
   for V in $VARIANTS; do
     D=$RUNS/$(name $V)
     python3 -m flowsr train --preset $O --out $D/oftsr teacher=$D/teacher time_limit=$STUDENT_S $COMMON \
-      $(init $(name $V)/oftsr) > $D-oftsr.log 2>&1 &
+      $STUDENT_EXTRA $(init $(name $V)/oftsr) > $D-oftsr.log 2>&1 &
     python3 -m flowsr train --preset $M --out $D/meanflow teacher=$D/teacher guidance=$GUIDANCE \
-      time_limit=$STUDENT_S $COMMON $(init $(name $V)/meanflow) > $D-meanflow.log 2>&1 &
+      time_limit=$STUDENT_S $COMMON $STUDENT_EXTRA $(init $(name $V)/meanflow) > $D-meanflow.log 2>&1 &
   done
   wait
   for V in $VARIANTS; do for S in oftsr meanflow; do tail -c 200 $RUNS/$(name $V)-$S.log; echo; done; done
