@@ -19,7 +19,7 @@
 set -u
 BEGIN=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-export FLOWSR_CACHE=${FLOWSR_CACHE:-/tmp/flowsr-cache}
+export FLOWSR_CACHE=${FLOWSR_CACHE:-off}  # start images: computed on the GPU in each run, not written as PNGs
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=${RUNS:-runs/gpu-ab}; mkdir -p "$RUNS"
 SIZE=${SIZE:-gpu}

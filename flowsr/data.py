@@ -240,7 +240,7 @@ def start_image(hr: torch.Tensor, scale: int, start_net) -> torch.Tensor:
     """A whole training image's start image: HR (3,H,W) uint8 -> ``start_net(lq)`` (3,H',W') uint8, where
     lq is the MATLAB-bicubic LR of HR cropped to a multiple of ``scale`` (H' = H - H % scale)."""
     hr = hr[:, :hr.shape[1] - hr.shape[1] % scale, :hr.shape[2] - hr.shape[2] % scale]
-    lq = bicubic_pair(hr[None].float() / 255, scale)[0]
+    lq = bicubic_pair(hr[None].float() / 255, scale)[0]  # on hr's device
     with torch.no_grad():
         return (start_net(lq)[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
@@ -300,7 +300,7 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
                 skipped.append(str(error))
                 continue
             if start_net is not None:
-                base = cached_start_image(item, image, scale, start_net, start_cache)
+                base = cached_start_image(item, image if device is None else image.to(device), scale, start_net, start_cache)
                 image = torch.cat([image[:, :base.shape[1], :base.shape[2]], base])
             images.append(image)
             kept.append(item)

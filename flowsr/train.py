@@ -74,7 +74,10 @@ def build_loss(cfg: TrainConfig, teacher=None):
 
 def start_cache_dir(sha: str) -> Path | None:
     """Where the start images of one start network are kept between runs (``$FLOWSR_CACHE``, else
-    ``~/.cache/flowsr``); None for the bicubic start."""
+    ``~/.cache/flowsr``; ``FLOWSR_CACHE=off``: not kept, e.g. on a fresh GPU machine); None for the bicubic
+    start."""
+    if os.environ.get("FLOWSR_CACHE") == "off":
+        return None
     root = Path(os.environ.get("FLOWSR_CACHE") or Path.home() / ".cache" / "flowsr")
     return root / f"start-{sha[:16]}" if sha else None
 
@@ -375,7 +378,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
             teacher = teacher.to(memory_format=torch.channels_last)
     if cfg.fast and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls left outside autocast
-        torch.backends.cudnn.benchmark = not cfg.deterministic  # static shapes: pick the fastest kernels once
     ema = copy.deepcopy(net).requires_grad_(False)
     optimizer = make_optimizer(cfg, net)
     start_net, start_sha = load_start_network(cfg, device)  # frozen: the flow's start, computed per batch
@@ -403,6 +405,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                       num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                       start_net=start_fn if degrade is None else None, scale=cfg.scale,
                                       start_cache=start_cache_dir(start_sha), device=device if cfg.fast else None)
+    if cfg.fast and device.type == "cuda":  # after the start images, whose sizes all differ
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # static shapes: pick the fastest kernels once
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
