@@ -300,7 +300,8 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
                 skipped.append(str(error))
                 continue
             if start_net is not None:
-                base = cached_start_image(item, image if device is None else image.to(device), scale, start_net, start_cache)
+                on_device = image if device is None else image.to(device)  # the bicubic LR made there
+                base = cached_start_image(item, on_device, scale, start_net, start_cache)
                 image = torch.cat([image[:, :base.shape[1], :base.shape[2]], base])
             images.append(image)
             kept.append(item)
