@@ -28,6 +28,7 @@ from functools import lru_cache
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from flowsr.io import TIFF_CHUNK_FLOOR
 from flowsr.nets import NetConfig, UNet
 from flowsr.pipeline import row_buffer_bytes
 
@@ -59,9 +60,10 @@ def return_freed_memory() -> bool:
 
 
 def decode_bytes(file_bytes: int, pixels: int) -> int:
-    """Peak memory of :func:`flowsr.io.read_image_bytes` on a file of ``file_bytes`` with ``pixels``
-    pixels, its bytes included."""
-    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels + DECODE_FIXED
+    """Peak memory of :func:`flowsr.io.read_image` on a file of ``file_bytes`` with ``pixels`` pixels:
+    the file's bytes (a decoder may hold them), the pixels and one TIFF strip or tile, which
+    :mod:`flowsr.io` bounds by twice the image or :data:`flowsr.io.TIFF_CHUNK_FLOOR`."""
+    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels + DECODE_FIXED + TIFF_CHUNK_FLOOR
 
 
 def upscale_bytes(model, height: int, width: int, channels: int = 3, alpha: bool = False,

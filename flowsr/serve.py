@@ -250,7 +250,7 @@ class App:
         ``upload``: the file's bytes, or a file in :attr:`folder` the job then owns (it is removed
         on refusal). Raises RequestError: 400 settings, 413 too large, 415 not an image, 503 busy.
         """
-        from flowsr.io import ImageReadError, read_image_bytes
+        from flowsr.io import ImageReadError, read_image
 
         path = upload if isinstance(upload, Path) else self.new_file()
         try:
@@ -261,7 +261,7 @@ class App:
             model = self.models[model_name]
             with self.checking:
                 try:
-                    image = read_image_bytes(path.read_bytes(), name, max_pixels=self.max_pixels)
+                    image = read_image(path, max_pixels=self.max_pixels, name=name)  # read as it decodes
                 except ImageReadError as error:
                     message = str(error).replace("(pass --allow-large to override)",
                                                  "(the server's limit is flowsr serve --max-megapixels)")
@@ -349,11 +349,11 @@ class App:
                 _clear_resize_cache()
 
     def _process(self, job: Job) -> None:
-        from flowsr.io import read_image_bytes, write_image_rows
+        from flowsr.io import read_image, write_image_rows
         from flowsr.pipeline import image_seed
 
         model = self.models[job.model]
-        image = read_image_bytes(job.upload.read_bytes(), job.name, max_pixels=self.max_pixels)
+        image = read_image(job.upload, max_pixels=self.max_pixels, name=job.name)
         job.upload.unlink()
         height, width = image.rgb.shape[-2:]
         job.tiles_total = _tile_count(height, job.tile, self.tile_overlap) * _tile_count(

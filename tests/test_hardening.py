@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -478,3 +479,96 @@ def test_the_examples_are_small_natural_images_with_their_licence():
             assert im.mode == "RGB" and min(im.size) >= 96
         pixels = np.asarray(PIL.Image.open(image), dtype=np.float64)
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5000  # a photograph, not a pattern
+
+
+# == issue 23, 1. a compressed image cannot decode larger than its declared size =====================
+
+def _grey_tile_ifd(width: int, height: int, tile: int, payload_bytes: int) -> bytes:
+    """A second TIFF directory, all values inline: grey, deflate, one tile at offset 8 (the first's data)."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+               (277, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, 8), (325, 4, 1, payload_bytes)]
+    out = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, count, value, *((0,) if kind == 3 else ()))
+    return out + struct.pack("<I", 0)
+
+
+def decoder_bombs(folder: Path) -> dict[str, Path]:
+    """TIFF files whose tags ask the decoder for far more memory than their declared image (each would
+    take 190-330 MB to read before the check), and the one-line refusal each gets."""
+    from conftest import deflate_zeros, tiff_bytes
+
+    tile = deflate_zeros(8192 * 8192 * 3)  # 190 KB -> 192 MiB
+    cases = {
+        "tile.tif": (tiff_bytes(1000, 1000, tile, tile=(8192, 8192)), "TIFF tile of 8192x8192 pixels would take"),
+        "lzw_tile.tif": (tiff_bytes(64, 64, tile, tile=(8192, 8192), compression=5), "TIFF tile of 8192x8192"),
+        "strips.tif": (tiff_bytes(1000, 1000, bytes(3000), rows_per_strip=1, compression=1, chunks=1_000_000),
+                       "TIFF lists 1000000 strips for an image of 1000"),
+        "tag.tif": (tiff_bytes(100, 100, deflate_zeros(30000), extra=[(320, 3, 4_000_000, 8)]),
+                    "TIFF tag 320 holds 4000000 numbers"),
+    }
+    paths = {}
+    for name, (data, _) in cases.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return {name: (paths[name], message) for name, (_, message) in cases.items()}
+
+
+PEAK_CODE = """
+import json, sys
+from flowsr.io import ImageReadError, read_image
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024
+rows = []
+for path in sys.argv[1:]:
+    before = hwm()
+    try:
+        image = read_image(path)
+        outcome = 'read %dx%d%s' % (image.rgb.shape[-1], image.rgb.shape[-2], ' ' + '; '.join(image.notes))
+    except ImageReadError as error:
+        outcome = 'error: %s' % error
+    rows.append((path, outcome, hwm() - before))
+print(json.dumps(rows))
+"""
+
+
+def test_decoder_bombs_are_refused_before_decoding_with_flat_memory(tmp_path):
+    bombs = decoder_bombs(tmp_path)
+    from conftest import deflate_zeros, tiff_bytes
+
+    # a real small tiled image with a tile larger than the image (as writers make them), and a multi-page
+    # TIFF whose second page is a bomb: both read, in their declared size
+    small = np.zeros((256, 256, 3), np.uint8)
+    small[:10, :10] = 200
+    (tmp_path / "small_tiled.tif").write_bytes(tiff_bytes(10, 10, zlib.compress(small.tobytes()), tile=(256, 256)))
+    bomb = deflate_zeros(8192 * 8192)
+    (tmp_path / "pages.tif").write_bytes(tiff_bytes(8, 8, bomb, tile=(16, 16), next_ifd=_grey_tile_ifd(
+        8, 8, 8192, len(bomb))))
+    # a tile in its bounds whose LZW data is garbage: libtiff's own stderr line is silenced, the error is ours
+    (tmp_path / "garbage.tif").write_bytes(tiff_bytes(64, 64, deflate_zeros(64 * 64 * 3), tile=(64, 64),
+                                                      compression=5))
+    paths = [str(path) for path, _ in bombs.values()] + [str(tmp_path / name) for name in
+                                                          ("small_tiled.tif", "pages.tif", "garbage.tif")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", PEAK_CODE, *paths], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # no libtiff line either
+    rows = {Path(path).name: (outcome, grown) for path, outcome, grown in json.loads(result.stdout)}
+    for name, (_, message) in bombs.items():
+        outcome, grown = rows[name]
+        assert outcome.startswith(f"error: {tmp_path / name}: {message}"), outcome
+        assert grown < 40, (name, grown)  # MB: refused from the tags, before Pillow builds or decodes anything
+    assert rows["small_tiled.tif"][0] == "read 10x10 "
+    assert rows["pages.tif"][0].startswith("read 8x8 animated: first frame used")
+    assert rows["pages.tif"][1] < 40
+    assert rows["garbage.tif"][0] == f"error: {tmp_path / 'garbage.tif'}: truncated or corrupt image (decoder error -2)"
+
+
+def test_a_decoder_bomb_is_one_line_through_upscale(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    bombs = decoder_bombs(tmp_path / "in")
+    png_file(tmp_path / "in" / "good.png")
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "bicubic"]) == 1
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == len(bombs) and all(line.startswith("error: ") for line in error_lines(err))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
+from conftest import deflate_zeros, make_image, tiff_bytes
 from PIL import Image
 
 import flowsr
@@ -380,7 +380,11 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_going(served):
         (good, {"model": "tiny", "t": "1.5"}, 400, "t must be in [0, 1]"),
         (good, {"model": "tiny", "t": "lots"}, 400, "t must be a number"),
         (good, {"model": "tiny", "steps": "9999"}, 400, "steps must be at most"),
+        # a 100x100 TIFF whose one deflate tile inflates to 4096x4096 (48 MiB): refused from its tags
+        (tiff_bytes(100, 100, deflate_zeros(4096 * 4096 * 3), tile=(4096, 4096)), {"name": "bomb.tif"}, 415,
+         "bomb.tif: TIFF tile of 4096x4096 pixels would take 64 MiB to decode"),
     ]
+    peak = status_kb(process.pid, "VmHWM")
     for index, (data, params, code, message) in enumerate(cases):
         status, reply = client.submit(data, **{"name": "upload.png", **params})
         assert status == code and message in reply["error"], (params, status, reply)
@@ -391,6 +395,7 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_going(served):
     assert client.request("GET", "/api/jobs/0123abcd")[0] == 404
     assert client.request("GET", "/nowhere")[0] == 404
     assert process.poll() is None
+    assert status_kb(process.pid, "VmHWM") - peak < 32 << 10  # KB: the bomb was never decoded
 
 
 def test_concurrent_load_shares_one_model_and_memory_returns(served):
