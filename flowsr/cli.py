@@ -176,11 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """End a command on SIGTERM and SIGHUP as on Ctrl-C (unless they are ignored, e.g. under nohup): the
+    exception unwinds the command, so a half-written output's temporary file is removed on the way."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
                "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
                "serve": _serve}[args.command]
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        _stop_on_signals()  # (serve installs its own)
     try:
         return handler(args)
     except Exception as error:
@@ -188,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)  # one line
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        import signal
+
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 def _expected_errors() -> tuple[type, ...]:

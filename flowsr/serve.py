@@ -92,6 +92,8 @@ RATE_GRACE = 10.0
 WATCH_SECONDS = 0.25  # how often the watchdog looks at the connections
 HEADER_BYTES = 64 << 10  # request line and headers together, at most (http.server alone allows 6.5 MB)
 CONNECTION_BYTES = 1 << 20  # memory set aside per connection (thread stack, header and chunk buffers)
+FOLDER_PREFIX = "flowsr-serve-"  # the server's temporary folder, in the system's temporary directory
+LOCK_NAME = ".alive"  # held (flock) in that folder while the server lives
 MIN_JOB_MEMORY = 128 << 20  # less room than this for a job: the server refuses to start
 SMALLEST_TILE = 32  # tiles are halved down to this side to fit the memory budget
 
@@ -173,8 +175,9 @@ class App:
         self.checking = threading.Lock()  # one upload decoded at a time
         self.uploads = threading.BoundedSemaphore(max_uploads)
         self.stopping = False
-        self.folder = Path(tempfile.mkdtemp(prefix="flowsr-serve-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self._alive = _hold_lock(self.folder / LOCK_NAME)  # tells a live server's folder from a killed one's
         self.worker = threading.Thread(target=self._work, name="flowsr-serve-worker", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -195,6 +198,8 @@ class App:
         if self.worker.is_alive():
             self.worker.join(timeout)
         self._remove_folder()
+        if self._alive is not None:
+            self._alive.close()
 
     # -- what the page asks ----------------------------------------------------------------------
     def info(self) -> dict:
@@ -476,6 +481,49 @@ class App:
             if index >= self.keep or now - (job.finished or now) > self.keep_seconds or too_much:
                 self.jobs.pop(job.id, None)
                 _remove(job)
+
+
+def _hold_lock(path: Path):
+    """Create ``path`` and hold an ``flock`` on it for as long as the returned file is open (this process's
+    life); None where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path, "wb")  # noqa: SIM115 (kept open on purpose)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def remove_stale_folders(parent: Path | None = None) -> list[tuple[Path, int]]:
+    """Delete the temporary folders that killed servers left in ``parent`` (default: the system's temporary
+    directory): this user's ``flowsr-serve-*`` folders whose lock no live server holds. Returns each folder
+    removed and the bytes it held."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if not (entry.name.startswith(FOLDER_PREFIX) and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.getuid()):
+                continue
+            try:
+                fd = os.open(Path(entry.path) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # no lock file: not made by this version, or being created; left alone
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its server is alive
+                size = sum(f.stat().st_size for f in Path(entry.path).iterdir() if f.is_file())
+                shutil.rmtree(entry.path)
+                removed.append((Path(entry.path), size))
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _remove(job: Job) -> None:
@@ -1048,6 +1096,8 @@ def run(args) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     memory.return_freed_memory()  # the resident memory then follows the jobs' estimates
+    for folder, size in remove_stale_folders():
+        log(f"note: removed {folder} ({size / 2**20:.1f} MB), the temporary folder of a flowsr serve that was killed")
     specs = list(dict.fromkeys(args.model or [default_model(), "bicubic"]))
     if not all(0 < value < math.inf for value in (args.max_upload_mb, args.max_megapixels, args.max_memory_gb)):
         print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive numbers", file=sys.stderr)
@@ -1083,8 +1133,11 @@ def run(args) -> int:
         signals.append(signum)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `&`)
+        # SIGINT also when started with it ignored (a shell's `&`); SIGHUP unless ignored (nohup)
+        for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"):
+            number = getattr(signal, name, None)
+            if number is not None and (name != "SIGHUP" or signal.getsignal(number) is not signal.SIG_IGN):
+                signal.signal(number, stop)
     try:
         app.start()
         if not server.loopback:

@@ -821,6 +821,32 @@ def test_sigterm_during_a_job_stops_it_and_exits_cleanly(tmp_path):
     assert "stopping" in log and "cancelled" in log, log
 
 
+def test_a_killed_server_s_folder_is_removed_by_the_next_start_and_sighup_sigquit_stop_cleanly(tmp_path):
+    """issue 23.5: kill -9 left the temporary folder for ever (was also so for SIGHUP and SIGQUIT)."""
+    first = tmp_path / "a"
+    first.mkdir()
+    client, process, temp, _ = start_server(first)
+    status, reply = client.submit(rgba_png(), name="left.png")  # something in the folder
+    assert status == 202, reply
+    process.kill()
+    process.wait()
+    (killed,) = temp.glob("flowsr-serve-*")
+    second = tmp_path / "b"
+    second.mkdir()
+    (second / "tmp").symlink_to(temp)  # the same temporary directory for the next servers
+    client_b, process_b, _, log_b = start_server(second)
+    assert not killed.exists()
+    assert f"/{killed.name} (" in log_b.read_text() and "a flowsr serve that was killed" in log_b.read_text()
+    third = tmp_path / "c"
+    third.mkdir()
+    (third / "tmp").symlink_to(temp)
+    client_c, process_c, _, log_c = start_server(third)  # b is alive: its folder stays
+    assert "note: removed" not in log_c.read_text() and len(list(temp.glob("flowsr-serve-*"))) == 2
+    process_b.send_signal(signal.SIGHUP)
+    assert process_b.wait(timeout=60) == 0, log_b.read_text()
+    stop_server(process_c, temp, log_c, signal.SIGQUIT)  # exit 0, and no folder left (b's neither)
+
+
 @contextlib.contextmanager
 def in_process_server(**options):
     """A :class:`flowsr.serve.Server` with bicubic in this process: (app, host, port)."""
