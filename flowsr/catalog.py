@@ -84,3 +84,31 @@ def parameter_count(weights: Path) -> int:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(min(length, 100_000_000)))
     return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+
+
+def check_export_target(model: str, directory: Path, force: bool = False) -> None:
+    """Before any work (and without torch): ``-o`` must be new, empty, or a previous export of this same model
+    (with ``force``: any folder but a torch model's). Raises ValueError in one line naming the folder."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    if not directory.is_dir():
+        return
+    names = sorted(p.name for p in directory.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if "model.safetensors" in names:
+        raise ValueError(f"{directory}: holds a torch model (model.safetensors); export to another directory")
+    if not names or force:
+        return
+    source = model_path(model)
+    previous = None
+    if set(names) <= {"model.onnx", "config.json"} and "config.json" in names:
+        try:
+            previous = read_config_json(directory).get("onnx", {}).get("exported_from")
+            previous = model_path(previous) if isinstance(previous, str) else None
+        except (ModelLoadError, AttributeError):
+            previous = None
+    if previous is None or source is None or previous.resolve() != source.resolve():
+        shown = ", ".join(names)
+        raise ValueError(f"{directory}: not empty and not an export of {model} (it holds "
+                         f"{shown if len(shown) < 200 else shown[:200] + '...'}); choose a new or empty -o, or "
+                         "pass --force to replace its model.onnx and config.json")

@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "exporter's)")
     ex.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                     help="precision of the weights and image tensors (t and h stay float32)")
+    ex.add_argument("--force", action="store_true", help="write into a non-empty DIR that is not a previous export "
+                    "of this model (its model.onnx and config.json are replaced; its other files stay)")
 
     from flowsr import serve
 
@@ -676,9 +678,12 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from flowsr.catalog import check_export_target
+
+    check_export_target(args.model, Path(args.output), args.force)  # before torch is imported: in milliseconds
     from flowsr.onnx_export import export
 
-    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype)
+    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force)
     check = spec["check"]
     size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
     print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "

@@ -381,9 +381,33 @@ def test_resume_with_a_changed_network_is_one_line(tmp_path, image_folder, capsy
     err = capsys.readouterr().err
     message = error_lines(err[err.index("error: "):])
     assert len(message) == 1 and "Traceback" not in err
-    assert message[0].startswith(f"error: {out / 'checkpoint.safetensors'}: the checkpoint's network differs from "
-                                 "this run's config (")
-    assert "resume with the net.* settings of its train_config.json" in message[0]
+    assert message[0] == (f"error: {out / 'checkpoint.safetensors'}: --resume cannot change net.channels: the run "
+                          f"has 16, this run asks 32; resume with the settings of {out / 'train_config.json'} (only "
+                          "limits, logging and the LR schedule's end may change), or start a new --out")
+
+
+@pytest.mark.parametrize("change, key", [("objective=regression", "objective"), ("scale=2", "scale"),
+                                         ("seed=7", "seed"), ("lr=0.01", "lr"), ("net.num_blocks=2", "net.num_blocks")])
+def test_resume_refuses_a_changed_task_and_writes_nothing(tmp_path, image_folder, capsys, change, key):
+    """issue 23.4: objective=regression on a flow-matching run trained on and wrote a config no command could
+    load; scale=2 left config.json and train_config.json disagreeing."""
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.safetensors", "config.json",
+                                                            "train_config.json", "log.jsonl")}
+    capsys.readouterr()
+    assert _train(out, image_folder, change, "max_steps=4", resume=True) == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [error_lines(err)[0]] and f"--resume cannot change {key}: the run has " in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_resume_may_change_limits_and_logging(tmp_path, image_folder):
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 0
+    assert _train(out, image_folder, "max_steps=4", "log_every=2", "ckpt_every=4", "lr_min_ratio=0.5",
+                  "time_limit=600", "num_workers=0", resume=True) == 0
+    assert json.loads((out / "config.json").read_text())["training"]["steps"] == 4
 
 
 def test_serve_port_out_of_range_is_one_line_before_loading(capsys):
@@ -594,3 +618,36 @@ def test_a_decoder_bomb_is_one_line_through_upscale(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(error_lines(err)) == len(bombs) and all(line.startswith("error: ") for line in error_lines(err))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+# == issue 23, 3. flowsr export never replaces a user's files =======================================
+
+def test_export_refuses_a_non_empty_folder_that_is_not_this_model_s_export_before_any_work(tmp_path):
+    from flowsr.catalog import check_export_target
+
+    model = tiny_model(tmp_path / "m")
+    other = tiny_model(tmp_path / "other")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}\n')
+    previous = tmp_path / "previous"  # an export of the other model
+    previous.mkdir()
+    (previous / "model.onnx").write_bytes(b"onnx")
+    (previous / "config.json").write_text(json.dumps({"onnx": {"exported_from": str(other)}}))
+    for target, held in [(user, "config.json"), (previous, "config.json, model.onnx")]:
+        started = time.monotonic()
+        code, torch_imported, err = _torch_imported_after(["export", str(model), "-o", str(target)])
+        assert code == 1 and not torch_imported, err
+        assert err == (f"error: {target}: not empty and not an export of {model} (it holds {held}); choose a new "
+                       "or empty -o, or pass --force to replace its model.onnx and config.json\n")
+        assert time.monotonic() - started < 10  # (the export itself takes ~18 s)
+    assert (user / "config.json").read_text() == '{"mine": true}\n'
+    # a previous export of the same model may be refreshed; --force writes anywhere but a torch model
+    (previous / "config.json").write_text(json.dumps({"onnx": {"exported_from": str(model)}}))
+    check_export_target(str(model), previous)
+    check_export_target(str(model), user, force=True)
+    with pytest.raises(ValueError, match="holds a torch model"):
+        check_export_target(str(model), other, force=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        check_export_target(str(model), tmp_path / "file")
