@@ -402,8 +402,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, logs = loss_fn(model, batch)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step}; the last good checkpoint "
-                                   f"({checkpoint_path}) is kept")
+            kept = (f"the last good checkpoint ({checkpoint_path}) is kept" if checkpoint_path.exists()
+                    else "no checkpoint was written yet; lower lr or check the data")
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step}; {kept}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

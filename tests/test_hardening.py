@@ -651,3 +651,62 @@ def test_export_refuses_a_non_empty_folder_that_is_not_this_model_s_export_befor
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"):
         check_export_target(str(model), tmp_path / "file")
+
+
+# == issue 23, 7. every number has a stated range, checked before work starts =========================
+
+@pytest.mark.parametrize("args, message", [
+    (["upscale", "a.png", "-o", "o", "--threads", "100000"], "argument --threads: must be an integer in [0, 256], "
+                                                             "got '100000'"),  # was: a segfault
+    (["upscale", "a.png", "-o", "o", "--threads", "-3"], "argument --threads: must be an integer in [0, 256]"),
+    (["upscale", "a.png", "-o", "o", "--tile", "1"], "argument --tile: must be -1 (never tile), 0 (automatic) or an "
+                                                     "integer in [16, 8192], got '1'"),  # was: ran for ever
+    (["upscale", "a.png", "-o", "o", "--tile-overlap", "-5"], "--tile-overlap: must be an integer in [0, 512]"),
+    (["upscale", "a.png", "-o", "o", "--seed", "-1"], "--seed: must be an integer in [0, 9223372036854775807]"),
+    (["eval", "--data", "d", "--steps", "4,0"], "argument --steps: must be a list of integers in [1, 1000], got '0'"),
+    (["eval", "--data", "d", "--t", "0.5,nan"], "argument --t: must be a list of numbers in [0, 1], got 'nan'"),
+    (["eval", "--data", "d", "--fid-patch", "100000"], "argument --fid-patch: must be an integer in [8, 4096]"),
+    (["degrade", "-i", "a", "-o", "b", "--scale", "9"], "argument --scale: must be an integer in [1, 8]"),
+    (["bench", "--size", "64,100000"], "argument --size: must be a list of integers in [8, 16384]"),
+    (["bench", "--batch", "0"], "argument --batch: must be an integer in [1, 1024]"),
+    (["serve", "--tile", "3"], "argument --tile: must be -1 (never tile), 0 (automatic) or an integer in [16, 8192]"),
+    (["shard", "a", "-o", "b", "--shard-size", "0"], "argument --shard-size: must be an integer in [1, 1048576]"),
+])
+def test_every_option_is_checked_against_its_range_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log_every=0", "log_every must be in [1, 1e+09], got 0"),  # was: a traceback after the first steps
+    ("ckpt_every=0", "ckpt_every must be in [1, 1e+09], got 0"),
+    ("crop=-64", "crop must be in [8, 2048], got -64"),
+    ("net.channels=0", "net.channels must be in [1, 1024], got 0"),
+    ("net.channel_mult=1,0", "net.channel_mult must be in [1, 16], got 0"),
+    ("lr=1e30", "lr must be in [1e-10, 1], got 1e+30"),  # was: "the last good checkpoint is kept" (there was none)
+    ("batch_size=1000000", "batch_size must be in [1, 4096], got 1000000"),  # was: OOM-killed without a word
+    ("val_images=-1", "val_images must be in [0, 10000], got -1"),
+])
+def test_every_config_key_is_checked_before_the_run_starts(tmp_path, image_folder, capsys, override, message):
+    out = tmp_path / "run"
+    assert _train(out, image_folder, override) == 1
+    assert error_lines(capsys.readouterr().err) == [f"error: invalid config: {message}"]
+    assert not out.exists()
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path, image_folder, capsys, monkeypatch):
+    import flowsr.train as train_module
+
+    real = train_module.build_loss
+
+    def build_loss(cfg, teacher=None):
+        loss_fn = real(cfg, teacher)
+        return lambda net, batch: (loss_fn(net, batch)[0] * math.nan, {})
+
+    monkeypatch.setattr(train_module, "build_loss", build_loss)
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 1
+    assert error_lines(capsys.readouterr().err)[-1] == ("error: loss is nan at step 0; no checkpoint was written yet; "
+                                                         "lower lr or check the data")
