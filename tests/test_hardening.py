@@ -9,6 +9,7 @@ subprocess with an address-space cap and a time limit, so they fail instead of t
 import contextlib
 import copy
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -710,3 +711,51 @@ def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path, image_fold
     assert _train(out, image_folder) == 1
     assert error_lines(capsys.readouterr().err)[-1] == ("error: loss is nan at step 0; no checkpoint was written yet; "
                                                          "lower lr or check the data")
+
+
+# == issue 23, 8. model files are bounded and checked as strictly as images ===========================
+
+def _bad_model(directory: Path, case: str) -> tuple[Path, str]:
+    """A model directory broken as ``case`` says, and the error line upscale, serve and export give for it."""
+    tiny_model(directory)
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    if case == "deep_json":  # was: a RecursionError traceback
+        config.write_text("[" * 100_000 + "]" * 100_000)
+        return directory, f"error: {config}: not valid JSON (nested more than 32 deep)"
+    if case == "nested_40":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "training": json.loads("[" * 40 + "]" * 40)}))
+        return directory, f"error: {config}: not valid JSON (nested more than 32 deep)"
+    if case == "huge_config":  # was: 1 GB accepted, 2.2 GB peak
+        config.write_text(json.dumps({**json.loads(config.read_text()), "training": {"notes": "x" * (2 << 20)}}))
+        return directory, f"error: {config}: larger than 1048576 bytes; not a flowsr config.json"
+    if case == "long_integer":  # was: Python's own message, without the file's name
+        config.write_text(config.read_text().replace('"scale": 4', '"scale": ' + "9" * 5000))
+        return directory, f"error: {config}: not valid JSON (Exceeds the limit (4300 digits) for integer string"
+    if case in ("config_fifo", "weights_fifo"):  # was: "missing"
+        target = config if case == "config_fifo" else weights
+        target.unlink()
+        os.mkfifo(target)
+        return directory, f"error: {target}: not a regular file (a FIFO)"
+    if case in ("config_folder", "weights_folder"):
+        target = config if case == "config_folder" else weights
+        target.unlink()
+        target.mkdir()
+        return directory, f"error: {target}: not a regular file (a folder)"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["deep_json", "nested_40", "huge_config", "long_integer", "config_fifo",
+                                  "weights_fifo", "config_folder", "weights_folder"])
+def test_bad_model_files_are_one_line_in_upscale_serve_and_export(tmp_path, case):
+    model, message = _bad_model(tmp_path / "m", case)
+    image = png_file(tmp_path / "a.png")
+    commands = [["upscale", image, "-o", tmp_path / "out", "--model", model],
+                ["serve", "--model", model, "--port", "0"]]
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):  # the onnx extra
+        commands.append(["export", model, "-o", tmp_path / "onnx"])
+    for args in commands:
+        result = flowsr_capped(*args, timeout=120)  # a subprocess: a FIFO read by mistake would block
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1 and lines[0].startswith(message), (args[0], lines)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "onnx").exists()
