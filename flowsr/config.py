@@ -27,7 +27,7 @@ SAMPLERS = ("euler", "heun", "one_step", "mean_flow", "regression")
 # anything is read or written (flowsr.settings.OPTION_RANGES bounds the command-line options).
 TRAIN_RANGES = {
     "scale": (1, settings.MAX_SCALE), "crop": (8, 2048), "batch_size": (1, 4096), "data_memory_mb": (0, 1 << 20),
-    "num_workers": (0, 64), "max_steps": (0, 10**9), "time_limit": (0, 10**8), "lr": (1e-10, 1.0),
+    "num_workers": (0, 64), "max_steps": (0, 10**9), "time_limit": (0, 10**8), "lr": (0, 1.0),
     "lr_min_ratio": (0, 1), "warmup": (0, 10**9), "weight_decay": (0, 1), "grad_clip": (1e-6, 1e6), "ema": (0, 1),
     "sigma_p": (0, 0.999), "p_drop": (0, 1), "guidance": (0, settings.MAX_GUIDANCE), "s_min": (0, 1), "s_max": (0, 1),
     "delta": (0, 1), "w_boundary": (0, 1e3), "w_align": (0, 1e3), "mf_omega": (0, 100), "mf_kappa": (0, 100),

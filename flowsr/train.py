@@ -311,6 +311,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         before = {k: init_cfg.training.get(f"{k}_total", init_cfg.training.get(k, 0)) for k in before}
     if resume:
         check_resume(cfg, checkpoint_path)  # before anything is built or written
+    from flowsr.memory import check_training
+
+    check_training(cfg, device)  # a step that cannot fit is refused in one line, not OOM-killed
     net = UNet(cfg.net)
     # weights: the init model's when given, else a student's teacher's
     if init is not None or teacher is not None:
