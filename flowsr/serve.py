@@ -821,8 +821,9 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def log_request(self, code="-", size="-"):
-        if self.server.verbose or (isinstance(code, int) and code >= 400):
-            self.server.app.log(f'{self.command} {self.path.split("?")[0][:200]} -> {int(code)}')
+        if self.server.verbose or (isinstance(code, int) and code >= 400):  # (a bad request line sets no path)
+            path = (getattr(self, "path", "") or "").split("?")[0][:200]
+            self.server.app.log(f'{getattr(self, "command", "") or "-"} {path} -> {int(code)}')
 
 
 class Dropped(ConnectionAbortedError):

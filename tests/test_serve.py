@@ -852,7 +852,8 @@ def in_process_server(**options):
     """A :class:`flowsr.serve.Server` with bicubic in this process: (app, host, port)."""
     from flowsr import serve
 
-    app = App({"bicubic": flowsr.load("bicubic")}, max_memory=8 << 30, **options).start()
+    messages = []
+    app = App({"bicubic": flowsr.load("bicubic")}, max_memory=8 << 30, log=messages.append, **options).start()
     server = serve.Server(("127.0.0.1", 0), app)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
@@ -861,6 +862,7 @@ def in_process_server(**options):
         server.shutdown()
         server.server_close()
         app.stop()
+    assert not [m for m in messages if "error on a connection" in m or "internal error" in m], messages
 
 
 def answer_of(connection: socket.socket) -> bytes:
