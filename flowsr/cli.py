@@ -32,8 +32,8 @@ def _add_runtime(parser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
     parser.add_argument("--seed", type=option("seed"), default=0, help="base seed; each image's seed also "
                         "depends on its file name")
-    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels, 16 to 8192; 0: "
-                        "automatic for upscale and serve, none for eval and bench; -1: never tile")
+    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels; 0: automatic "
+                        "for upscale and serve, none for eval and bench; -1: never tile; else 16 to 8192")
     parser.add_argument("--tile-overlap", type=option("tile-overlap"), default=16, help="LR overlap between tiles")
     parser.add_argument("--color-fix", default="none", choices=["none", "wavelet", "adain"],
                         help="correct the output's colours against the bicubic-upsampled input")
@@ -173,18 +173,21 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> dict:
     """End a command on SIGTERM and SIGHUP as on Ctrl-C (unless they are ignored, e.g. under nohup): the
-    exception unwinds the command, so a half-written output's temporary file is removed on the way."""
+    exception unwinds the command, so a half-written output's temporary file is removed on the way.
+    Returns the handlers replaced, to restore."""
     import signal
 
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
+    replaced = {}
     for name in ("SIGTERM", "SIGHUP"):
         number = getattr(signal, name, None)
         if number is not None and signal.getsignal(number) is signal.SIG_DFL:
-            signal.signal(number, interrupt)
+            replaced[number] = signal.signal(number, interrupt)
+    return replaced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,23 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
                "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
                "serve": _serve}[args.command]
+    import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        _stop_on_signals()  # (serve installs its own)
+    replaced = _stop_on_signals() if threading.current_thread() is threading.main_thread() else {}
     try:
-        return handler(args)
+        return handler(args)  # (serve installs its own handlers)
     except Exception as error:
         if not isinstance(error, _expected_errors()):
             raise
         print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)  # one line
         return EXIT_FAILED
     except KeyboardInterrupt as error:
-        import signal
-
         signum = getattr(error, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+    finally:
+        for number, previous in replaced.items():
+            signal.signal(number, previous)
 
 
 def _expected_errors() -> tuple[type, ...]:

@@ -1075,10 +1075,10 @@ def add_parser(subparsers):
     parser.add_argument("--max-memory-gb", type=float, default=2.0,
                         help="memory the server may use in all, models included (default 2); a job whose "
                              "estimated peak does not fit beside the models is refused")
-    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels, 16 to 8192; 0: "
-                        "automatic, as for "
+    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels; 0: automatic, as for "
                         "flowsr upscale (256-pixel tiles for inputs over 512x512 pixels or with a side over "
-                        "2048); -1: never tile. Tiles are halved while a job does not fit --max-memory-gb")
+                        "2048); -1: never tile; else 16 to 8192. Tiles are halved while a job does not fit "
+                        "--max-memory-gb")
     parser.add_argument("--tile-overlap", type=option("tile-overlap"), default=16, help="LR overlap between tiles")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

@@ -679,6 +679,8 @@ def wait_for(predicate, timeout: float = 60) -> None:
 
 
 def test_delete_stops_a_running_job_between_tiles():
+    from flowsr import serve
+
     model = flowsr.load("bicubic")
     run = model._run
 
@@ -695,7 +697,8 @@ def test_delete_stops_a_running_job_between_tiles():
         short = app.submit(png_bytes(make_image(np.random.default_rng(8), 8, 8)), {"name": "short.png"})
         wait_for(lambda: short.state == "done")
         assert long.state == "cancelled" and long.tiles_done < long.tiles_total == 64
-        assert [p.name for p in app.folder.iterdir()] == [f"{short.id}.png"]  # the cancelled job left nothing
+        left = [p.name for p in app.folder.iterdir() if p.name != serve.LOCK_NAME]
+        assert left == [f"{short.id}.png"]  # the cancelled job left nothing
     finally:
         app.stop()
     assert model._run is slow and not app.folder.exists()
@@ -823,28 +826,34 @@ def test_sigterm_during_a_job_stops_it_and_exits_cleanly(tmp_path):
 
 def test_a_killed_server_s_folder_is_removed_by_the_next_start_and_sighup_sigquit_stop_cleanly(tmp_path):
     """issue 23.5: kill -9 left the temporary folder for ever (was also so for SIGHUP and SIGQUIT)."""
-    first = tmp_path / "a"
-    first.mkdir()
-    client, process, temp, _ = start_server(first)
-    status, reply = client.submit(rgba_png(), name="left.png")  # something in the folder
-    assert status == 202, reply
-    process.kill()
-    process.wait()
-    (killed,) = temp.glob("flowsr-serve-*")
-    second = tmp_path / "b"
-    second.mkdir()
-    (second / "tmp").symlink_to(temp)  # the same temporary directory for the next servers
-    client_b, process_b, _, log_b = start_server(second)
-    assert not killed.exists()
-    assert f"/{killed.name} (" in log_b.read_text() and "a flowsr serve that was killed" in log_b.read_text()
-    third = tmp_path / "c"
-    third.mkdir()
-    (third / "tmp").symlink_to(temp)
-    client_c, process_c, _, log_c = start_server(third)  # b is alive: its folder stays
-    assert "note: removed" not in log_c.read_text() and len(list(temp.glob("flowsr-serve-*"))) == 2
-    process_b.send_signal(signal.SIGHUP)
-    assert process_b.wait(timeout=60) == 0, log_b.read_text()
-    stop_server(process_c, temp, log_c, signal.SIGQUIT)  # exit 0, and no folder left (b's neither)
+    bases = [tmp_path / name for name in "abc"]
+    for base in bases:
+        base.mkdir()
+    for base in bases[1:]:
+        (base / "tmp").symlink_to(bases[0] / "tmp")  # one temporary directory for the three servers
+    (bases[0] / "tmp").mkdir()
+    processes = []
+    try:
+        client, process, temp, _ = start_server(bases[0])
+        processes.append(process)
+        status, reply = client.submit(rgba_png(), name="left.png")  # something in the folder
+        assert status == 202, reply
+        process.kill()
+        process.wait()
+        (killed,) = temp.glob("flowsr-serve-*")
+        _, process_b, _, log_b = start_server(bases[1])
+        processes.append(process_b)
+        assert not killed.exists()
+        assert f"/{killed.name} (" in log_b.read_text() and "a flowsr serve that was killed" in log_b.read_text()
+        _, process_c, _, log_c = start_server(bases[2])  # b is alive: its folder stays
+        processes.append(process_c)
+        assert "note: removed" not in log_c.read_text() and len(list(temp.glob("flowsr-serve-*"))) == 2
+        process_b.send_signal(signal.SIGHUP)
+        assert process_b.wait(timeout=60) == 0, log_b.read_text()
+        stop_server(process_c, temp, log_c, signal.SIGQUIT)  # exit 0, and no folder left (b's neither)
+    finally:
+        for process in processes:
+            process.kill()
 
 
 @contextlib.contextmanager
@@ -962,7 +971,7 @@ def test_a_server_busy_with_real_requests_answers_503(monkeypatch):
 
 
 def test_finished_results_are_bounded_on_disk_and_the_resize_cache_is_emptied():
-    from flowsr import ops
+    from flowsr import ops, serve
 
     app = App({"bicubic": flowsr.load("bicubic")}, keep_bytes=1, max_memory=8 << 30).start()
     try:
@@ -974,6 +983,7 @@ def test_finished_results_are_bounded_on_disk_and_the_resize_cache_is_emptied():
         assert ops._weight_matrix.cache_info().currsize == 0  # matrices of each size do not pile up
         # each new job drops the finished results beyond keep_bytes (here: all but the newest finished one)
         assert [job.id in app.jobs for job in jobs] == [False, True, True]
-        assert sorted(p.name for p in app.folder.iterdir()) == sorted(f"{job.id}.png" for job in jobs[1:])
+        kept = sorted(p.name for p in app.folder.iterdir() if p.name != serve.LOCK_NAME)
+        assert kept == sorted(f"{job.id}.png" for job in jobs[1:])
     finally:
         app.stop()
