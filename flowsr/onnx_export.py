@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import flowsr
-from flowsr.catalog import model_path
+from flowsr.catalog import check_export_target, model_path
 from flowsr.checkpoint import atomic_write, load_model_dir
 from flowsr.onnx_backend import DTYPES, INPUTS, ONNX_FILE, OUTPUT, is_onnx_dir, one_line, require
 
@@ -67,12 +67,15 @@ def graph_spec(config, dtype: str, size_multiple: int) -> dict:
     }
 
 
-def export(model: str | Path, directory: str | Path, opset: int | None = None, dtype: str = "float32") -> dict:
+def export(model: str | Path, directory: str | Path, opset: int | None = None, dtype: str = "float32",
+           force: bool = False) -> dict:
     """Export ``model`` (bundled name or model directory) to ``directory/model.onnx`` + ``config.json``.
 
     The graph is checked with ``onnx.checker`` and one call through ONNX Runtime is compared with torch
     (float32: max abs difference at most :data:`PARITY_TOLERANCE`, else nothing is written). Returns the
-    ``"onnx"`` section written to config.json. Raises ModelLoadError / ValueError with a one-line message.
+    ``"onnx"`` section written to config.json. ``directory`` must be new, empty or a previous export of this
+    model (``force``: any folder but a torch model's; :func:`flowsr.catalog.check_export_target`).
+    Raises ModelLoadError / ValueError with a one-line message.
     """
     onnx = require("onnx", "flowsr export")
     require("onnxscript", "flowsr export")
@@ -85,6 +88,7 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     source = model_path(model)
     if source is None:
         raise ValueError("bicubic has no network to export")
+    check_export_target(str(model), Path(directory), force)
     if is_onnx_dir(source):
         raise ValueError(f"{source}: already an ONNX export; export the torch model directory instead")
     net, config = load_model_dir(source)

@@ -278,6 +278,42 @@ def _alive(pid: str) -> bool:
     return True
 
 
+# what a resumed run may change: limits, logging, the end of the LR schedule, and how it runs (not what it learns)
+RESUMABLE_CHANGES = {"max_steps", "time_limit", "lr_min_ratio", "log_every", "val_every", "val_images", "val_data",
+                     "ckpt_every", "device", "amp", "compile", "channels_last", "deterministic", "data_mode",
+                     "data_memory_mb", "num_workers"}
+
+
+def check_resume(cfg: TrainConfig, checkpoint: Path) -> None:
+    """ValueError naming the first setting that differs from the checkpoint's run, unless it is one of
+    :data:`RESUMABLE_CHANGES` (a changed objective, scale or network would train another task, and write
+    a config.json that no command can load). Reads only the checkpoint's JSON header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(checkpoint), "pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("meta", "{}")).get("config")
+    except (SafetensorError, OSError, ValueError, AttributeError):
+        return  # load_training_checkpoint reports an unreadable checkpoint
+    if not isinstance(saved, dict):
+        return  # a checkpoint from before the config was stored
+
+    def flat(config: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in config.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    now, before = flat(json.loads(json.dumps(asdict(cfg)))), flat(saved)
+    changed = [key for key in now if key not in RESUMABLE_CHANGES and key in before and now[key] != before[key]]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ValueError(f"{checkpoint}: --resume cannot change {key}{more}: the run has {before[key]!r}, this run "
+                         f"asks {now[key]!r}; resume with the settings of {checkpoint.parent / 'train_config.json'} "
+                         "(only limits, logging and the LR schedule's end may change), or start a new --out")
+
+
 class RunInUse(RuntimeError):
     """Another ``flowsr train`` holds the run directory's lock."""
 
@@ -366,6 +402,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                  f"set start={start_of(cfg.init, init_cfg)}")
         cfg.net = copy.deepcopy(init_cfg.net)
         before = {k: init_cfg.training.get(f"{k}_total", init_cfg.training.get(k, 0)) for k in before}
+    if resume:
+        check_resume(cfg, checkpoint_path)  # before anything is built or written
+    from flowsr.memory import check_training
+
+    check_training(cfg, device)  # a step that cannot fit is refused in one line, not OOM-killed
     net = UNet(cfg.net)
     # weights: the init model's when given, else a student's teacher's
     if init is not None or teacher is not None:
@@ -442,8 +483,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         bad = [(step, value) for (step, _), value in zip(pending, losses, strict=True) if not math.isfinite(value)]
         pending.clear()
         if bad:
-            raise TrainingDiverged(f"loss is {bad[0][1]} at step {bad[0][0]}; the last good checkpoint "
-                                   f"({checkpoint_path}) is kept")
+            kept = (f"the last good checkpoint ({checkpoint_path}) is kept" if checkpoint_path.exists()
+                    else "no checkpoint was written yet; lower lr or check the data")
+            raise TrainingDiverged(f"loss is {bad[0][1]} at step {bad[0][0]}; {kept}")
 
     def save(step: int, wall: float) -> None:
         check_finite()  # a diverged run never overwrites the last good checkpoint
