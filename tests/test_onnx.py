@@ -630,3 +630,15 @@ def test_export_of_a_model_whose_start_differs_is_refused_and_writes_nothing(sta
     with pytest.raises(ModelLoadError, match="does not match the one it was trained on") as caught:
         export(source, tmp_path / "exported")
     assert "\n" not in str(caught.value) and not (tmp_path / "exported").exists()
+
+
+@needs_onnx
+def test_example_script_runs_sr_and_started_exports_like_flowsr(started):
+    _, exported = started
+    rgb = make_image(np.random.default_rng(9), 14, 21)
+    for directory in (exported / "start", exported):  # bsrn-x4 alone, and the student starting from it
+        model = flowsr.load(directory)
+        expected = model.upscale(rgb, seed=2)
+        noise = _flowsr_noise(2, 56, 84, model.net.size_multiple)
+        got = np.asarray(_example().upscale(directory, Image.fromarray(rgb), noise=noise)).astype(np.int16)
+        assert got.shape == expected.shape == (56, 84, 3) and np.abs(got - expected).max() <= 1, directory.name
