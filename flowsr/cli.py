@@ -684,9 +684,10 @@ def cmd_export(args) -> int:
     spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force)
     check = spec["check"]
     size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
+    start = json.loads((Path(args.output) / "config.json").read_text())["start"]
     print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "
-          f"and config.json; one call through ONNX Runtime vs torch float32 at {tuple(check['shape'])}: "
-          f"max abs difference {check['max_abs_diff']:.2g}")
+          f"and config.json{'' if start == 'bicubic' else f', its start network in {start}/'}; one call through "
+          f"ONNX Runtime vs torch float32 at {tuple(check['shape'])}: max abs difference {check['max_abs_diff']:.2g}")
     return 0
 
 
