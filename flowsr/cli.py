@@ -805,7 +805,7 @@ def bench_training(args) -> list[dict]:
             cfg.crop = args.crop or base.crop
             for path in args.paths:
                 cfg.fast = path == "fast"
-                speed = bench.train_speed(cfg, Path(tmp) / f"{objective}-{path}", steps=max(args.repeat, 10))
+                speed = bench.train_speed(cfg, Path(tmp) / f"{objective}-{path}", steps=args.repeat)
                 flops = bench.train_step_flops(cfg, device)
                 bf16, channels_last, compiled = runtime_options(cfg, device)
                 row = {"objective": objective, "path": path, "preset": cfg.preset, "bf16": bf16,
