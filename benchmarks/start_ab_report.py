@@ -1,0 +1,79 @@
+"""The start A/B's table (issue 20): every `flowsr eval` JSON of benchmarks/start_ab_eval.sh, one Markdown
+table per test set, and all rows in one JSON.
+
+    python3 benchmarks/start_ab_report.py RESULTS_DIR OUT_PREFIX    # writes OUT_PREFIX.json and OUT_PREFIX.md
+
+RESULTS_DIR holds <set>-starts.json and <set>-<variant>-<role>.json (role: teacher, oftsr, meanflow), variant
+``<start>-s<sigma_p>`` (see benchmarks/start_ab.sh). The training record of each model (steps, wall time,
+device) is read from its config.json beside the run when it is there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = [("NFE", "nfe"), ("PSNR-Y", "psnr_y"), ("SSIM-Y", "ssim_y"), ("LPIPS", "lpips"), ("DISTS", "dists"),
+           ("HF ratio", "hf_ratio"), ("ref PSNR-Y", "ref_psnr_y")]
+DIGITS = {"psnr_y": 2, "ssim_y": 4, "lpips": 4, "dists": 4, "hf_ratio": 2, "ref_psnr_y": 2}
+
+
+def load_rows(results: Path) -> list[dict]:
+    """Every row of every eval JSON in ``results``, tagged with its set, variant and role."""
+    rows = []
+    for path in sorted(results.glob("*.json")):
+        name = path.stem
+        data = json.loads(path.read_text())
+        if "results" not in data:
+            continue
+        set_name, _, rest = name.partition("-")
+        variant, role = ("-", "alone") if rest == "starts" else rest.rsplit("-", 1)
+        for row in data["results"]:
+            row = {k: v for k, v in row.items() if k != "per_image"}
+            rows.append({"set": set_name, "variant": variant, "role": role, **row})
+    return rows
+
+
+def setting(row: dict) -> str:
+    if row["role"] == "oftsr":
+        return f"t = {row['t']:g}"
+    if row["role"] in ("teacher", "meanflow"):
+        return f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
+    return ""
+
+
+def cell(row: dict, key: str) -> str:
+    value = row["nfe"] if key == "nfe" else row["metrics"].get(key)
+    if value is None:
+        return "–"
+    return str(value) if key == "nfe" else f"{value:.{DIGITS[key]}f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    parts = []
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        subset = [r for r in rows if r["set"] == set_name]
+        n = subset[0]["n_images"]
+        parts.append(f"### {set_name} (x4, {n} images)\n")
+        parts.append("| start (sigma_p) | model | setting | " + " | ".join(c for c, _ in COLUMNS) + " |")
+        parts.append("|---|---|---|" + "---|" * len(COLUMNS))
+        for r in subset:
+            label = r["model"] if r["role"] == "alone" else r["role"]
+            parts.append(f"| {r['variant']} | {label} | {setting(r)} | "
+                         + " | ".join(cell(r, k) for _, k in COLUMNS) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(results: Path, prefix: Path) -> None:
+    rows = load_rows(results)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    text = markdown(rows)
+    prefix.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
