@@ -85,11 +85,15 @@ def main() -> int:
         lines += [f"## {OBJECTIVES[objective]}", "",
                   "| step | old, seed 0 | fast, seed 0 | old, seed 1 | \\|fast − old\\| | \\|old s1 − old s0\\| |",
                   "|---:|---:|---:|---:|---:|---:|"]
+        gaps = []
         for end in range(args.width, args.steps + 1, args.width):
             (a, sa), (b, sb), (c, sc) = (window(curve, end, args.width) for curve in (old, fast, other))
-            lines.append(f"| {end} | {a:.5f} ± {sa:.5f} | {b:.5f} ± {sb:.5f} | {c:.5f} ± {sc:.5f} | "
-                         f"{abs(b - a):.5f} | {abs(c - a):.5f} |")
-        lines.append("")
+            lines.append(f"| {end} | {a:.4g} ± {sa:.2g} | {b:.4g} ± {sb:.2g} | {c:.4g} ± {sc:.2g} | "
+                         f"{abs(b - a):.2g} | {abs(c - a):.2g} |")
+            gaps.append((abs(b - a), abs(c - a)))
+        later = gaps[1:] or gaps
+        lines += ["", f"Windows after the first: mean \\|fast − old\\| {statistics.fmean(g for g, _ in later):.2g}, "
+                  f"mean \\|old s1 − old s0\\| {statistics.fmean(n for _, n in later):.2g}.", ""]
     (args.out / "curves.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
