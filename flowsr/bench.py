@@ -88,11 +88,15 @@ def model_flops_per_pixel(upscaler: Upscaler, settings: Settings) -> float:
     return flops_per_pixel(upscaler, 128) * upscaler.nfe(settings) + start
 
 
-def matmul_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float:
-    """Measured bf16 matrix-multiply rate of the card (its practical matrix-throughput limit)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+def matmul_tflops(device: torch.device, n: int | None = None, repeat: int | None = None,
+                  dtype: torch.dtype = torch.bfloat16) -> float:
+    """Measured matrix-multiply rate in ``dtype`` (the device's practical matrix-throughput limit): n x n
+    products, n = 8192 on a GPU, 2048 on the CPU."""
+    cpu = device.type == "cpu"
+    n, repeat = n or (2048 if cpu else 8192), repeat or (3 if cpu else 10)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(1 if cpu else 3):
         a @ b
     _sync(device)
     begin = time.perf_counter()
@@ -148,25 +152,39 @@ def bench_inference(upscaler: Upscaler, settings: Settings, size: int = 512, bat
     return row
 
 
-def bench_train_step(cfg, loss_fn, net, batch: dict, steps: int = 5, warmup: int = 2) -> float:
-    """Median seconds per optimizer step of ``loss_fn`` on a fixed batch (forward, backward, AdamW)."""
-    device = batch["gt"].device
-    net = copy.deepcopy(net).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    use_bf16 = device.type == "cuda"
-    times = []
-    for index in range(warmup + steps):
-        _sync(device)
-        begin = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, _ = loss_fn(net, batch)
-        optimizer.zero_grad(set_to_none=True)
+def train_step_flops(cfg, device: torch.device) -> float:
+    """FLOPs of one training step of ``cfg`` (loss forward and backward at its batch and crop, teacher and
+    JVP included), counted by ``torch.utils.flop_counter`` (matmuls and convolutions) on eager networks."""
+    from flowsr.nets import UNet
+    from flowsr.train import build_loss
+
+    net = UNet(cfg.net).to(device)
+    teacher = UNet(cfg.net).to(device).requires_grad_(False).eval() if cfg.objective in ("oftsr", "meanflow") else None
+    gt = torch.rand(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device) * 2 - 1
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = build_loss(cfg, teacher)(net, {"gt": gt, "cond": gt.clone()})
         loss.backward()
-        optimizer.step()
-        _sync(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return counter.get_total_flops()
+
+
+def train_speed(cfg, out, steps: int = 20, log_every: int = 5) -> dict:
+    """Steps/s and crops/s of ``flowsr.train.train`` itself on ``cfg`` (its path, data feed and runtime
+    options, as a real run): ``2 steps`` steps into the new directory ``out``, timed over the last ``steps``
+    (the first ones absorb start-up and compilation). What the run prints goes to ``out.out`` beside it."""
+    import contextlib
+
+    from flowsr.train import read_log, train
+
+    steps = -(-steps // log_every) * log_every
+    cfg = copy.deepcopy(cfg)
+    cfg.max_steps, cfg.log_every, cfg.ckpt_every, cfg.val_images, cfg.time_limit = 2 * steps, log_every, 10**9, 0, 0.0
+    with open(out.with_name(out.name + ".out"), "w") as log:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            train(cfg, out)
+    rows = [row for row in read_log(out) if "it_per_s" in row and row["step"] > steps]
+    rate = steps / sum(log_every / row["it_per_s"] for row in rows)
+    return {"steps_per_s": rate, "crops_per_s": rate * cfg.batch_size,
+            "loss_first": read_log(out)[0]["loss"], "loss_last": rows[-1]["loss"]}
 
 
 @torch.no_grad()

@@ -191,6 +191,11 @@ def load_training_checkpoint(path: Path, *, net, ema, optimizer) -> tuple[int, d
     for key, value in section("opt.").items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, slots in state.items():  # moments laid out as their parameter (channels-last: fused kernels pair
+        for name, value in slots.items():  # elements by memory order)
+            if value.shape == params[index].shape:
+                slots[name] = torch.empty_like(params[index], dtype=value.dtype, device="cpu").copy_(value)
     param_groups = json.loads(metadata["param_groups"])
     for saved, current in zip(param_groups, optimizer.param_groups):  # this run's implementation (fused or not)
         saved.update({k: current[k] for k in ("foreach", "fused", "capturable") if k in current})

@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ONNX models: execution modes to time: sequential, parallel")
     bn.add_argument("--matmul", action="store_true", help="also measure the card's bf16 matmul rate")
     bn.add_argument("--train", default=None, metavar="PRESET",
-                    help="instead: seconds per training step of every objective for this preset's network")
+                    help="instead: training throughput of every objective for this preset's network (real short "
+                    "runs; --batch, --crop: overrides; --repeat: timed steps, after as many warm-up steps)")
+    bn.add_argument("--paths", type=_words, default=["old", "fast"], metavar="PATHS",
+                    help="with --train: the training paths to time in turn, old (fast=false) and/or fast")
+    bn.add_argument("--data", default=None, help="with --train: training images (default: the preset's, else random)")
     bn.add_argument("--crop", type=option("crop"), default=None, help="with --train: HR crop size")
     bn.add_argument("--json", default=None)
     bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
@@ -716,7 +720,8 @@ def cmd_bench(args) -> int:
 
     if args.train:
         rows = bench_training(args)
-        keys = ["objective", "batch", "crop", "s_per_step", "steps_per_s", "images_per_s", "vs_flow_matching"]
+        keys = ["objective", "path", "bf16", "channels_last", "compile", "batch", "crop", "steps_per_s", "crops_per_s",
+                "speedup", "gflop_per_step", "achieved_tflops"] + [k for k in rows[0] if k.startswith("fraction_of")]
     else:
         rows = []
         for spec in args.model:
@@ -787,40 +792,86 @@ def _machine(device: str) -> str:
 
 
 def bench_training(args) -> list[dict]:
-    """Seconds per step of each objective, same network and batch, in one run."""
+    """Training throughput of each objective on ``--train``'s network, for each path of ``--paths`` (``fast=false``:
+    the path before issue 21; ``fast=true``), in one run: crops/s of real ``flowsr train`` runs (data feed
+    included; flowsr.bench.train_speed), FLOPs per step counted on one step, and the achieved fraction of the
+    device's measured matmul rate (bf16; on the CPU also fp32)."""
+    import dataclasses
+    import tempfile
+
     import torch
 
     from flowsr import bench
-    from flowsr.config import preset
+    from flowsr.checkpoint import save_model_dir
+    from flowsr.config import OBJECTIVES, preset
     from flowsr.nets import UNet
     from flowsr.pipeline import resolve_device
-    from flowsr.train import build_loss
+    from flowsr.train import _start_sha, model_config, runtime_options
 
-    cfg = preset(args.train)
+    if not args.paths or set(args.paths) - {"old", "fast"}:
+        raise ValueError(f"--paths: old and/or fast, not {','.join(args.paths)}")
     device = resolve_device(args.device)
-    batch_size = args.batch if args.batch > 1 else cfg.batch_size
-    crop = args.crop or cfg.crop
-    torch.manual_seed(0)
-    net = UNet(cfg.net).to(device)
-    teacher = UNet(cfg.net).to(device).requires_grad_(False).eval()
-    if device.type == "cuda":
-        net, teacher = net.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
-    gt = torch.rand(batch_size, 3, crop, crop, device=device) * 2 - 1
-    batch = {"gt": gt, "cond": (gt + 0.1 * torch.randn_like(gt)).clamp(-1, 1)}
+    peaks = {"bf16": bench.matmul_tflops(device)}
+    if device.type == "cpu":
+        peaks["fp32"] = bench.matmul_tflops(device, dtype=torch.float32)
+    base = preset(args.train)
     rows = []
-    for objective in ("flow_matching", "regression", "oftsr", "meanflow"):
-        cfg.objective = objective
-        seconds = bench.bench_train_step(cfg, build_loss(cfg, teacher), net, batch)
-        rows.append({"objective": objective, "batch": batch_size, "crop": crop, "s_per_step": seconds,
-                     "steps_per_s": 1 / seconds, "device": str(device)})
-    for row in rows:
-        row["vs_flow_matching"] = row["s_per_step"] / rows[0]["s_per_step"]
-        row["images_per_s"] = batch_size / row["s_per_step"]
-    # inference: one network evaluation on the same batch, no grad
-    seconds = bench.bench_forward(net, batch)
-    rows.append({"objective": "inference (1 NFE)", "batch": batch_size, "crop": crop, "s_per_step": seconds,
-                 "steps_per_s": 1 / seconds, "images_per_s": batch_size / seconds, "device": str(device)})
+    with tempfile.TemporaryDirectory(prefix="flowsr-bench-") as tmp:
+        data = args.data or base.data
+        if not data or not Path(data).is_dir():
+            data = _random_images(Path(tmp) / "data", count=32, size=max(256, 2 * (args.crop or base.crop)))
+        teacher = Path(tmp) / "teacher"  # a random teacher for the students (their speed does not depend on it)
+        save_model_dir(teacher, UNet(base.net), model_config(
+            dataclasses.replace(base, objective="flow_matching"), {}, _start_sha(base.start)))
+        for objective in OBJECTIVES:
+            cfg = _preset_of(args.train, objective)
+            cfg.net, cfg.start, cfg.sigma_p, cfg.data = base.net, base.start, base.sigma_p, data
+            cfg.device, cfg.teacher = device.type, str(teacher) if objective in ("oftsr", "meanflow") else ""
+            cfg.batch_size = args.batch if args.batch > 1 else base.batch_size
+            cfg.crop = args.crop or base.crop
+            for path in args.paths:
+                cfg.fast = path == "fast"
+                speed = bench.train_speed(cfg, Path(tmp) / f"{objective}-{path}", steps=args.repeat)
+                flops = bench.train_step_flops(cfg, device)
+                bf16, channels_last, compiled = runtime_options(cfg, device)
+                row = {"objective": objective, "path": path, "preset": cfg.preset, "bf16": bf16,
+                       "channels_last": channels_last, "compile": compiled, "batch": cfg.batch_size,
+                       "crop": cfg.crop, "device": str(device), "threads": torch.get_num_threads(), **speed,
+                       "gflop_per_step": flops / 1e9, "achieved_tflops": flops * speed["steps_per_s"] / 1e12}
+                for dtype, peak in peaks.items():
+                    row[f"matmul_{dtype}_tflops"] = peak
+                    row[f"fraction_of_{dtype}_matmul"] = row["achieved_tflops"] / peak
+                rows.append(row)
+    for row in rows:  # against the first path of the same objective
+        first = next(r for r in rows if r["objective"] == row["objective"])
+        row["speedup"] = row["crops_per_s"] / first["crops_per_s"]
     return rows
+
+
+def _preset_of(name: str, objective: str):
+    """The preset of ``name``'s family for ``objective`` (tiny-teacher-pm, meanflow -> tiny-meanflow-pm), else
+    ``name``'s own preset with that objective."""
+    from flowsr.config import PRESETS, preset
+
+    words = {"flow_matching": "teacher", "regression": "regression", "oftsr": "oftsr", "meanflow": "meanflow"}
+    parts = name.split("-")
+    family = ["{}" if part in words.values() else part for part in parts]
+    candidate = "-".join(family).format(words[objective]) if "{}" in family else ""
+    cfg = preset(candidate if candidate in PRESETS else name)
+    cfg.objective = objective
+    return cfg
+
+
+def _random_images(folder: Path, count: int, size: int) -> str:
+    """``count`` random RGB PNGs of ``size`` x ``size`` in ``folder`` (a training set when none is given)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    return str(folder)
 
 
 if __name__ == "__main__":

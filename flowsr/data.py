@@ -176,8 +176,9 @@ class DeviceCrops:
     buffer on ``device``. The batch from crop number ``n`` holds crops ``n .. n + B - 1``: the images of
     those numbers in :func:`epoch_order` (each image once per epoch, as :class:`Crops`), at places and
     orientations (left-right flip, then rotation by ``k`` quarter turns) drawn from (seed, rank, "batch", n)
-    on the host, four numbers a row, and cut with one indexing op on the device. So the stream is a pure
-    function of (seed, rank, crop number) and ``start`` resumes it at any batch boundary.
+    on the host, four numbers a row. So the stream is a pure function of (seed, rank, crop number) and
+    ``start`` resumes it at any batch boundary. On the device, a batch is one copy of the B patches (strided
+    views of the buffer) and one gather that orients them; nothing waits for the device.
     """
 
     def __init__(self, images: list[torch.Tensor], crop: int, batch_size: int, seed: int, rank: int = 0,
@@ -189,8 +190,8 @@ class DeviceCrops:
         lengths = self.channels * self.sizes.prod(1)
         self.offsets = lengths.cumsum(0) - lengths  # where each image starts in the flat buffer
         self.pixels = torch.cat([image.reshape(-1) for image in images]).to(self.device)
-        self.grids = orientation_grids(crop).to(self.device)
-        self.planes = torch.arange(self.channels, device=self.device).view(1, -1, 1, 1)
+        grids = orientation_grids(crop)
+        self.orient = (grids[:, 0] * crop + grids[:, 1]).flatten(1).to(self.device)  # (8, crop^2) source pixels
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
@@ -202,7 +203,7 @@ class DeviceCrops:
 
     def batch(self, n: int) -> torch.Tensor:
         """The batch of crops ``n .. n + B - 1``."""
-        count, crop = len(self.sizes), self.crop
+        count, crop, channels = len(self.sizes), self.crop, self.channels
         # which image each crop number cuts: its slot in its epoch's order
         numbers = torch.arange(n, n + self.batch_size)
         epochs, slots = numbers // count, numbers % count
@@ -217,12 +218,13 @@ class DeviceCrops:
         top = (draws[:, 0] * (heights - crop + 1)).long()
         left = (draws[:, 1] * (widths - crop + 1)).long()
         orientation = 4 * (draws[:, 2] < 0.5).long() + (4 * draws[:, 3]).long()
-        rows = torch.stack([self.offsets[picks] + top * widths + left, widths, heights * widths, orientation], 1)
-        corner, width, plane, orientation = rows.to(self.device, non_blocking=True).view(-1, 4, 1, 1, 1).unbind(1)
-        # one gather: flat index of every output pixel of every channel of every row
-        grid = self.grids[orientation[:, 0, 0, 0]]  # (B, 2, crop, crop): source row and column in the patch
-        index = corner + self.planes * plane + grid[:, None, 0] * width + grid[:, None, 1]
-        return self.pixels[index]
+        # the patches as they lie in their images, then flipped and rotated: one gather within each patch
+        corners = (self.offsets[picks] + top * widths + left).tolist()
+        patches = torch.stack([self.pixels.as_strided((channels, crop, crop), (h * w, w, 1), corner)
+                               for corner, h, w in zip(corners, heights.tolist(), widths.tolist(), strict=True)])
+        sources = self.orient[orientation.to(self.device, non_blocking=True)]  # (B, crop^2)
+        oriented = patches.flatten(2).gather(2, sources[:, None].expand(-1, channels, -1))
+        return oriented.view(-1, channels, crop, crop)
 
 
 class _From(torch.utils.data.Sampler):

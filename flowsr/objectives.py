@@ -198,7 +198,7 @@ def meanflow_times(b: int, p_equal: float, p_grid: float, device=None, dtype=tor
     t_equal = torch.rand(b - n, dtype=dtype)
     t = torch.cat([chosen[:, 0], random_pairs[:, 0], t_equal])
     s = torch.cat([chosen[:, 1], random_pairs[:, 1], t_equal])
-    return t.to(device), s.to(device), n
+    return t.to(device, non_blocking=True), s.to(device, non_blocking=True), n  # (no wait for the device)
 
 
 def near_sampler_pairs(t: Tensor, s: Tensor, tol: float = 0.05) -> dict[str, Tensor]:

@@ -166,3 +166,16 @@ def test_a_start_network_run_trains_on_both_feeds(image_folder, tmp_path, monkey
     printed = capsys.readouterr().out
     assert ("cut on cpu" in printed and "with their start images" in printed) == (mode == "memory")
     assert len(losses(out)) == 2 and all(map(math.isfinite, losses(out)))
+
+
+def test_bench_train_times_every_objective_on_both_paths(image_folder, tmp_path, capsys):
+    from flowsr.cli import main
+
+    assert main(["bench", "--train", "tiny-teacher", "--crop", "32", "--batch", "2", "--repeat", "1",
+                 "--data", str(image_folder), "--device", "cpu", "--json", str(tmp_path / "bench.json")]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["objective"], r["path"]) for r in rows] == [(o, p) for o in ("flow_matching", "regression", "oftsr",
+                                                                             "meanflow") for p in ("old", "fast")]
+    assert all(r["crops_per_s"] > 0 and r["gflop_per_step"] > 0 and 0 < r["fraction_of_fp32_matmul"] for r in rows)
+    assert [r["preset"] for r in rows[::2]] == ["tiny-teacher", "tiny-regression", "tiny-oftsr", "tiny-meanflow"]
+    assert rows[0]["speedup"] == 1 and "fraction_of_bf16_matmul" in capsys.readouterr().out
