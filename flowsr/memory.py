@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from flowsr.io import TIFF_CHUNK_FLOOR
-from flowsr.nets import NetConfig, UNet
+from flowsr.nets import NetConfig, SRNetConfig, UNet, build_sr_net
 from flowsr.pipeline import row_buffer_bytes
 
 FLOAT = 4  # bytes of a float32
@@ -95,8 +95,14 @@ def _pass_bytes(model, height: int, width: int, planes: int) -> int:
     resize = (8 + FLOAT) * (out_h * height + out_w * width)
     net = 0
     if model.net is not None and model.device.type == "cpu":  # on a GPU the activations are not host memory
-        net = network_bytes(model.config.net, pad_h, pad_w)
-    return images + resize + net
+        if model.config.kind == "sr":  # a feed-forward SR network runs on the LR part
+            net = sr_network_bytes(model.config.sr_net, model.scale, height, width)
+        else:
+            net = network_bytes(model.config.net, pad_h, pad_w)
+    start = 0
+    if getattr(model, "start", None) is not None:  # the start network's pass, then its output held as cond
+        start = _pass_bytes(model.start, height, width, planes) + FLOAT * planes * out_h * out_w
+    return images + resize + net + start
 
 
 def network_bytes(net_config: NetConfig, height: int, width: int) -> int:
@@ -119,6 +125,26 @@ def _network_bytes(key: tuple, height: int, width: int) -> int:
         return int(NET_MARGIN * count.peak)
     except Exception:  # an operator without a meta kernel: a generous per-pixel figure instead
         return NET_FALLBACK_PER_PIXEL * height * width
+
+
+def sr_network_bytes(sr_config, scale: int, height: int, width: int) -> int:
+    """Peak memory of one forward of a feed-forward SR network (kind sr) on a (1,3,height,width) LR input,
+    counted as :func:`network_bytes` counts the U-Net's."""
+    key = tuple(dataclasses.asdict(sr_config).items())
+    return _sr_network_bytes(key, scale, height, width)
+
+
+@lru_cache(maxsize=256)
+def _sr_network_bytes(key: tuple, scale: int, height: int, width: int) -> int:
+    try:
+        with torch.device("meta"):
+            net = build_sr_net(SRNetConfig(**dict(key)), scale)
+        x = torch.empty(1, 3, height, width, device="meta")
+        with torch.no_grad(), _LiveBytes() as count:
+            net(x)
+        return int(NET_MARGIN * count.peak)
+    except Exception:  # an operator without a meta kernel: a generous per-pixel figure instead
+        return NET_FALLBACK_PER_PIXEL * height * width * scale * scale
 
 
 class _LiveBytes(TorchDispatchMode):
