@@ -849,7 +849,7 @@ def test_a_killed_server_s_folder_is_removed_by_the_next_start_and_sighup_sigqui
         processes.append(process_c)
         assert "note: removed" not in log_c.read_text() and len(list(temp.glob("flowsr-serve-*"))) == 2
         process_b.send_signal(signal.SIGHUP)
-        assert process_b.wait(timeout=60) == 0, log_b.read_text()
+        assert process_b.wait(timeout=180) == 0, log_b.read_text()  # a busy machine is slow to stop
         stop_server(process_c, temp, log_c, signal.SIGQUIT)  # exit 0, and no folder left (b's neither)
     finally:
         for process in processes:
