@@ -16,7 +16,7 @@ cp -r "$SHARED/test/Set5/HR" .gpudata/Set5
 # the regression baseline to continue from (init=); the bundled models are found by name
 REGRESSION=$(ls -d runs/gpu*/models/regression-x4 2>/dev/null | sort | tail -1 || true)
 [ -n "$REGRESSION" ] && cp -r "$REGRESSION" .gpudata/init/regression-x4
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)  # files present (a stashed one does not travel)
+tracked=$( (git ls-files -z | xargs -0 du -cb 2>/dev/null || true) | tail -1 | cut -f1)  # files present (a stashed one does not travel)
 used=$(du -sb .gpudata | cut -f1)
 budget=$((LIMIT - MARGIN - tracked - used))
 taken=0; count=0

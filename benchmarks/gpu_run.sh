@@ -11,7 +11,8 @@
 # A deadline (DEADLINE seconds from the start) skips what would not fit, so the packing always runs.
 # LPIPS, DISTS and the big test sets are computed afterwards on the CPU (benchmarks/start_ab_eval.sh).
 #
-#   bash benchmarks/gpu_prepare.sh                                  # here: training data into .gpudata/
+#   bash benchmarks/gpu_stash.sh stash && bash benchmarks/gpu_prepare.sh   # here: every training image into .gpudata/
+#   (after the call: bash benchmarks/gpu_stash.sh restore)
 #   device run (carry .gpudata):  bash benchmarks/gpu_run.sh
 #   back here:  python3 benchmarks/gpu_unpack.py FILES_AT runs/gpu-ab   # model directories
 #   CPU dry run: SIZE=tiny TEACHER_S=20 STUDENT_S=15 EXTRA="batch_size=2 crop=32" SKIP_BENCH=1 \
@@ -19,14 +20,19 @@
 set -u
 BEGIN=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-export FLOWSR_CACHE=${FLOWSR_CACHE:-/tmp/flowsr-cache}
+export FLOWSR_CACHE=${FLOWSR_CACHE:-off}  # start images: computed on the GPU in each run, not written as PNGs
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=${RUNS:-runs/gpu-ab}; mkdir -p "$RUNS"
 SIZE=${SIZE:-gpu}
 DEADLINE=${DEADLINE:-540}        # seconds after which only the packing runs
 TEACHER_S=${TEACHER_S:-150}
-STUDENT_S=${STUDENT_S:-130}
-VARIANTS=${VARIANTS:-"bicubic:0.2 bsrn-x4:0.1 bsrn-x4:0.2 rlfn-x4:0.1"}
+STUDENT_S=${STUDENT_S:-150}
+# The start A/B of 2026-12-04 (four variants side by side: docs/start-networks.md) chose BSRN, sigma_p 0.1; its
+# models are in models/gpu-pm/ and each run continues them (init=). VARIANTS="bicubic:0.2 bsrn-x4:0.1
+# bsrn-x4:0.2 rlfn-x4:0.1" INIT_FROM= repeats the A/B. Processes sharing the GPU slow each other down
+# (8 students side by side ran at 4.5 steps/s each): fewer variants train more.
+VARIANTS=${VARIANTS:-"bsrn-x4:0.1"}
+export INIT_FROM=${INIT_FROM-models/gpu-pm}
 EXTRA=${EXTRA:-}
 DATA=${DATA:-.gpudata/train}
 log() { echo "[$(date +%T) +$(( $(date +%s) - BEGIN ))s] $*"; }
@@ -38,8 +44,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   log "phase 1: training throughput: bench --train, then the teacher's previous path (fast=false) and the fast path"
   timeout 60 python3 -m flowsr bench --train teacher-x4-pm --json $RUNS/bench-train.json > $RUNS/bench-train.txt 2>&1
   for P in false true; do  # steps/s from log.jsonl (the fast path's first rows include compiling)
-    timeout 70 python3 -m flowsr train --preset teacher-x4-pm --out $RUNS/path-fast-$P fast=$P data=$DATA \
-      time_limit=$([ $P = true ] && echo 45 || echo 25) max_steps=1000000 val_images=0 log_every=50 \
+    timeout 60 python3 -m flowsr train --preset teacher-x4-pm --out $RUNS/path-fast-$P fast=$P data=$DATA \
+      time_limit=$([ $P = true ] && echo 35 || echo 20) max_steps=1000000 val_images=0 log_every=50 \
       ckpt_every=100000 $EXTRA > $RUNS/path-fast-$P.log 2>&1
     tail -n 3 $RUNS/path-fast-$P/log.jsonl 2>/dev/null
   done

@@ -16,6 +16,7 @@ from pathlib import Path
 
 COLUMNS = [("NFE", "nfe"), ("PSNR-Y", "psnr_y"), ("SSIM-Y", "ssim_y"), ("LPIPS", "lpips"), ("DISTS", "dists"),
            ("HF ratio", "hf_ratio"), ("ref PSNR-Y", "ref_psnr_y")]
+SET_ORDER = ("Set5", "Set14", "BSD100")
 DIGITS = {"psnr_y": 2, "ssim_y": 4, "lpips": 4, "dists": 4, "hf_ratio": 2, "ref_psnr_y": 2}
 
 
@@ -32,7 +33,8 @@ def load_rows(results: Path) -> list[dict]:
         for row in data["results"]:
             row = {k: v for k, v in row.items() if k != "per_image"}
             rows.append({"set": set_name, "variant": variant, "role": role, **row})
-    return rows
+    order = {name: index for index, name in enumerate(SET_ORDER)}
+    return sorted(rows, key=lambda r: order.get(r["set"], len(order)))  # stable: files' order within a set
 
 
 def setting(row: dict) -> str:
@@ -66,11 +68,40 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def summary(rows: list[dict]) -> str:
+    """One line per set and variant: the start alone, the teacher at 1 step and at its best LPIPS, OFTSR at t = 0
+    and at its best LPIPS, MeanFlow at 1 step and at its best LPIPS (PSNR-Y / LPIPS / DISTS each)."""
+
+    def triple(r):
+        return " / ".join(cell(r, k) for k in ("psnr_y", "lpips", "dists")) + (
+            f" ({setting(r)})" if setting(r) else "")
+
+    def best(subset):
+        scored = [r for r in subset if r["metrics"].get("lpips") is not None]
+        return min(scored, key=lambda r: r["metrics"]["lpips"]) if scored else None
+
+    lines = ["| set | start (sigma_p) | start alone | teacher 1 step | teacher, best LPIPS | OFTSR t = 0 | "
+             "OFTSR, best LPIPS | MeanFlow 1 step | MeanFlow, best LPIPS |", "|---" * 9 + "|"]
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        alone = {r["model"]: r for r in rows if r["set"] == set_name and r["role"] == "alone"}
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["set"] == set_name and r["role"] != "alone"):
+            mine = [r for r in rows if r["set"] == set_name and r["variant"] == variant]
+            start = variant.rsplit("-s", 1)[0]
+            role = {name: [r for r in mine if r["role"] == name] for name in ("teacher", "oftsr", "meanflow")}
+            first = {name: next((r for r in group if (r.get("steps"), r.get("t")) in ((1, None), (1, 0.0), (1, 1.0))),
+                                None) for name, group in role.items()}
+            t0 = next((r for r in role["oftsr"] if r["t"] == 0.0), None)
+            cells = [alone[start] if start in alone else None, first["teacher"], best(role["teacher"]), t0,
+                     best(role["oftsr"]), first["meanflow"], best(role["meanflow"])]
+            lines.append(f"| {set_name} | {variant} | " + " | ".join(triple(c) if c else "–" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(results: Path, prefix: Path) -> None:
     rows = load_rows(results)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    text = markdown(rows)
+    text = ("Each cell: PSNR-Y / LPIPS / DISTS (setting).\n\n" + summary(rows) + "\n" + markdown(rows))
     prefix.with_suffix(".md").write_text(text)
     print(text)
 

@@ -55,19 +55,28 @@ def _proc_status_mb(key: str) -> float | None:
     return None
 
 
+FLOP_SIDE = 128  # HR side FLOPs are counted at: attention and ESA's pooling make the count per pixel size-dependent
+
+
 def flops_per_pixel(upscaler: Upscaler, size: int) -> float:
     """Network FLOPs of one evaluation per output pixel (0 for bicubic), counted on a small input."""
     if upscaler.net is None:
         return 0.0
     if upscaler.backend != "torch":
-        return upscaler.net.flops_per_pixel  # counted on the torch network at export
-    side = 128
+        return upscaler.net.flops_per_pixel  # counted on the torch network at export, as below
     net = getattr(upscaler.net, "_orig_mod", upscaler.net)  # count on the eager module, not a compiled one
+    return network_flops_per_pixel(net, upscaler.config, upscaler.device)
+
+
+def network_flops_per_pixel(net: torch.nn.Module, config, device="cpu") -> float:
+    """FLOPs of one call of a torch network per output pixel, at an output of :data:`FLOP_SIDE` squared
+    (``flowsr export`` records this figure for the bench of its ONNX models)."""
+    side = FLOP_SIDE
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        if upscaler.config.kind == "sr":  # a feed-forward SR network runs on the LR image
-            net(torch.zeros(1, 3, side // upscaler.scale, side // upscaler.scale, device=upscaler.device))
+        if config.kind == "sr":  # a feed-forward SR network runs on the LR image
+            net(torch.zeros(1, 3, side // config.scale, side // config.scale, device=device))
         else:
-            x = torch.zeros(1, 3, side, side, device=upscaler.device)
+            x = torch.zeros(1, 3, side, side, device=device)
             net(x, torch.zeros(1, device=x.device), x, h=torch.zeros(1, device=x.device))
     return counter.get_total_flops() / side**2
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 import struct
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; a bigger one is refused unread
+MAX_JSON_DEPTH = 32  # nesting of a config.json (the deepest real one: 3)
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
 class ModelLoadError(Exception):
@@ -64,19 +70,57 @@ def check_model_dir(directory: Path) -> None:
         raise ModelLoadError(f"{directory}: not a model directory or a bundled model name")
 
 
+def check_regular_file(path: Path, missing: str) -> None:
+    """ModelLoadError unless ``path`` is a regular file (a FIFO, a device or a folder is named as such, not
+    read); ``missing``: the message when it does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: {missing}") from None
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise ModelLoadError(f"{path}: not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'not a file')})")
+
+
 def read_config_json(directory: Path) -> dict:
-    """The parsed ``config.json`` of a model directory (not yet checked; see ``ModelConfig.from_dict``)."""
+    """The parsed ``config.json`` of a model directory (not yet checked; see ``ModelConfig.from_dict``): a
+    regular file of at most :data:`MAX_CONFIG_BYTES`, JSON nested at most :data:`MAX_JSON_DEPTH` deep."""
     check_model_dir(directory)
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing (a model directory holds model.safetensors + config.json)")
+    check_regular_file(path, "missing (a model directory holds model.safetensors + config.json)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in meanwhile: no wait
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ModelLoadError(f"{path}: not a regular file")
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a flowsr config.json")
+    try:
+        data = json.loads(raw.decode())
+    except RecursionError:
+        raise ModelLoadError(f"{path}: not valid JSON (nested more than {MAX_JSON_DEPTH} deep)") from None
+    except ValueError as error:  # JSON syntax, UTF-8, an integer of more than 4300 digits
+        raise ModelLoadError(f"{path}: not valid JSON ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: expected a JSON object")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ModelLoadError(f"{path}: not valid JSON (nested more than {MAX_JSON_DEPTH} deep)")
     return data
+
+
+def _depth(value) -> int:
+    """How deep JSON ``value`` nests (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def parameter_count(weights: Path) -> int:
@@ -115,3 +159,31 @@ def start_path(model_dir: Path | None, spec: str) -> Path:
     where = f"{model_dir}: " if model_dir is not None else ""
     raise ModelLoadError(f"{where}its start network {spec!r} is neither a bundled model nor a directory "
                          f"(bundled: {', '.join(bundled) or 'none'})")
+
+
+def check_export_target(model: str, directory: Path, force: bool = False) -> None:
+    """Before any work (and without torch): ``-o`` must be new, empty, or a previous export of this same model
+    (with ``force``: any folder but a torch model's). Raises ValueError in one line naming the folder."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    if not directory.is_dir():
+        return
+    names = sorted(p.name for p in directory.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if "model.safetensors" in names:
+        raise ValueError(f"{directory}: holds a torch model (model.safetensors); export to another directory")
+    if not names or force:
+        return
+    source = model_path(model)
+    previous = None
+    if set(names) <= {"model.onnx", "config.json"} and "config.json" in names:
+        try:
+            previous = read_config_json(directory).get("onnx", {}).get("exported_from")
+            previous = model_path(previous) if isinstance(previous, str) else None
+        except (ModelLoadError, AttributeError):
+            previous = None
+    if previous is None or source is None or previous.resolve() != source.resolve():
+        shown = ", ".join(names)
+        raise ValueError(f"{directory}: not empty and not an export of {model} (it holds "
+                         f"{shown if len(shown) < 200 else shown[:200] + '...'}); choose a new or empty -o, or "
+                         "pass --force to replace its model.onnx and config.json")

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flowsr.catalog import PICKLE_SUFFIXES, ModelLoadError, check_model_dir, read_config_json
+from flowsr.catalog import PICKLE_SUFFIXES, ModelLoadError, check_model_dir, check_regular_file, read_config_json
 from flowsr.config import ModelConfig
 from flowsr.io import FILE_MODE, temporary_beside
 from flowsr.nets import UNet, build_sr_net
@@ -74,22 +74,42 @@ def load_model_dir(directory: Path, device="cpu") -> tuple[torch.nn.Module, Mode
     check_model_dir(directory)
     config = read_model_config(directory)
     weights = directory / "model.safetensors"
-    if not weights.is_file():
-        pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
-        hint = f" (found {', '.join(pickles)}: pickle files are refused)" if pickles else ""
-        raise ModelLoadError(f"{weights}: missing{hint}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelLoadError(f"{weights}: not a readable safetensors file ({error})") from None
+    pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    check_regular_file(weights, "missing" + (f" (found {', '.join(pickles)}: pickle files are refused)"
+                                             if pickles else ""))
     try:
         with torch.device("meta"):  # shapes only: an absurd config.json allocates nothing
-            check_state_dict(build_network(config), state, weights)
-        net = build_network(config)
+            meta = build_network(config)
     except (ValueError, TypeError) as error:
         raise ModelLoadError(f"{directory / 'config.json'}: cannot build the network ({error})") from None
+    try:
+        check_state_dict(meta, _header(weights), weights)  # from the header: no tensor is read before it fits
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"{weights}: not a readable safetensors file ({' '.join(str(error).split())})") from None
+    check_state_dict(meta, state, weights)
+    net = build_network(config)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(device).eval().requires_grad_(False), config
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def _header(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors a safetensors file declares, as empty meta tensors of their shapes and dtypes (only the
+    header is read)."""
+    from safetensors import safe_open
+
+    declared = {}
+    with safe_open(str(weights), "pt") as handle:
+        for key in handle.keys():
+            part = handle.get_slice(key)
+            dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)
+            declared[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    return declared
 
 
 def check_state_dict(net: torch.nn.Module, state: dict, source) -> None:
@@ -108,7 +128,7 @@ def check_state_dict(net: torch.nn.Module, state: dict, source) -> None:
         if expected[key].is_floating_point() and not value.is_floating_point():
             raise ModelLoadError(f"{source}: {key} holds {str(value.dtype).removeprefix('torch.')} values; "
                                  "weights must be floating point (float32, bfloat16 or float16)")
-        if value.is_floating_point() and not torch.isfinite(value).all():
+        if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all():
             raise ModelLoadError(f"{source}: {key} contains NaN or Inf values")
 
 

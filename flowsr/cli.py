@@ -13,50 +13,32 @@ import sys
 import time
 from pathlib import Path
 
+from flowsr.settings import option
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _words(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
 DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
-
-
-def _sizes(text: str) -> list[int]:
-    """argparse type: a comma-separated list of positive integers."""
-    return [_positive(v) for v in text.split(",") if v.strip()]
 
 
 def _add_runtime(parser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed also "
+    parser.add_argument("--seed", type=option("seed"), default=0, help="base seed; each image's seed also "
                         "depends on its file name")
-    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels; 0: automatic "
-                        "for upscale and serve, none for eval and bench; -1: never tile")
-    parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
+    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels; 0: automatic "
+                        "for upscale and serve, none for eval and bench; -1: never tile; else 16 to 8192")
+    parser.add_argument("--tile-overlap", type=option("tile-overlap"), default=16, help="LR overlap between tiles")
     parser.add_argument("--color-fix", default="none", choices=["none", "wavelet", "adain"],
                         help="correct the output's colours against the bicubic-upsampled input")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: all cores, shared evenly by "
+    parser.add_argument("--threads", type=option("threads"), default=0, help="CPU threads, up to 256; 0: all "
+                        "cores, shared evenly by "
                         "the processes of a node under torchrun")
 
 
@@ -65,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with flow models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # (--steps, --t and --guidance are checked against the model's kind with flowsr.settings' ranges)
     up = commands.add_parser("upscale", help="super-resolve image files or folders",
                              epilog="--tile 0 (the default) tiles automatically: 256-pixel tiles for inputs "
                              "over 512x512 pixels or with a side over 2048; --tile -1 never tiles.")
     up.add_argument("inputs", nargs="+", help="image files and/or folders")
     up.add_argument("-o", "--output", required=True, help="output folder")
     up.add_argument("--model", default="default", help="model directory, bundled name or 'bicubic'")
-    up.add_argument("--steps", type=_positive, default=None, help="sampling steps of a flow teacher or a "
+    up.add_argument("--steps", type=int, default=None, help="sampling steps of a flow teacher or a "
                     "MeanFlow student (default: the model's, see flowsr models); one-step models take only 1")
     up.add_argument("--t", type=float, default=None, help="fidelity (0) .. realism (1) knob of distilled "
                     "students (oftsr, meanflow); refused for other models")
@@ -92,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", default="auto", choices=["auto", "synthetic", "paired", "no-reference"],
                     help="auto: paired with HR/ and LR/, no-reference with LR/ alone (or a folder named LR), "
                     "else synthetic; no-reference: the images are real LR photographs, scored by NIQE")
-    ev.add_argument("--scale", type=_positive, default=4)
-    ev.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
-    ev.add_argument("--t", type=_floats, default=None, help="list, e.g. 0,0.5,1 (students)")
-    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--scale", type=option("scale"), default=4)
+    ev.add_argument("--steps", type=option("steps", many=True), default=None, help="list, e.g. 1,4,16")
+    ev.add_argument("--t", type=option("t", float, many=True), default=None, help="list, e.g. 0,0.5,1 (students)")
+    ev.add_argument("--guidance", type=option("guidance", float), default=None)
     ev.add_argument("--sampler", default=None, choices=["euler", "heun"])
     ev.add_argument("--metrics", default="psnr,ssim", help="psnr,ssim,hf,lpips,lpips_vgg,dists,niqe "
                     "(per image, averaged), fid,kid (over all crops of the set, see --fid-patch)")
-    ev.add_argument("--fid-patch", type=_positive, default=64, help="crop side for patch FID/KID")
+    ev.add_argument("--fid-patch", type=option("fid-patch"), default=64, help="crop side for patch FID/KID")
     ev.add_argument("--json", default=None, help="write results here")
     ev.add_argument("--save", default=None, help="write super-resolved images under this folder")
     ev.add_argument("--report", default=None, help="write results.md, tradeoff.png (and grids) here")
@@ -107,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", default=None, metavar="MODEL", help="also score every output against this "
                     "flow teacher's N-step Euler output from the same source noise: ref_psnr_y, ref_lpips "
                     "(how well a student copied its teacher)")
-    ev.add_argument("--reference-steps", type=_positive, default=32, metavar="N", help="Euler steps of the "
+    ev.add_argument("--reference-steps", type=option("reference-steps"), default=32, metavar="N",
+                    help="Euler steps of the "
                     "reference (default 32)")
-    ev.add_argument("--reference-guidance", type=float, default=None, metavar="W", help="guidance of the "
+    ev.add_argument("--reference-guidance", type=option("guidance", float), default=None, metavar="W",
+                    help="guidance of the "
                     "reference (default: the one each student was distilled with, else 1)")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
     _add_runtime(ev)
@@ -124,15 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh = commands.add_parser("shard", help="pack a training folder into tar shards + index.json (train data=SHARDS)")
     sh.add_argument("source", help="folder of training images (recursive)")
     sh.add_argument("-o", "--output", required=True, help="shard folder to write")
-    sh.add_argument("--shard-size", type=_positive, default=256, help="MB of image files per shard")
+    sh.add_argument("--shard-size", type=option("shard-size"), default=256, help="MB of image files per shard")
 
     dg = commands.add_parser("degrade", help="make LR images from HR images")
     dg.add_argument("-i", "--input", required=True, help="HR folder or file")
     dg.add_argument("-o", "--output", required=True, help="LR folder")
-    dg.add_argument("--scale", type=_positive, default=4)
+    dg.add_argument("--scale", type=option("scale"), default=4)
     dg.add_argument("--kind", default="bicubic", choices=["bicubic", "realesrgan"])
     dg.add_argument("--config", default=None, help="YAML overrides of the Real-ESRGAN settings")
-    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--seed", type=option("seed"), default=0)
 
     commands.add_parser("models", help="list bundled models")
 
@@ -141,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                              'Needs the onnx extra: pip install "flowsr[onnx]".')
     ex.add_argument("model", help="bundled name or model directory")
     ex.add_argument("-o", "--output", required=True, help="directory to write (not a torch model directory)")
-    ex.add_argument("--opset", type=_positive, default=None, help="ONNX opset, 18 or later (default: the "
+    ex.add_argument("--opset", type=option("opset"), default=None, help="ONNX opset, 18 or later (default: the "
                     "exporter's)")
     ex.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                     help="precision of the weights and image tensors (t and h stay float32)")
+    ex.add_argument("--force", action="store_true", help="write into a non-empty DIR that is not a previous export "
+                    "of this model (its model.onnx and config.json are replaced; its other files stay)")
 
     from flowsr import serve
 
@@ -152,15 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = commands.add_parser("bench", help="measure inference (or training) speed")
     bn.add_argument("--model", nargs="+", default=["bicubic"], help="one or more models")
-    bn.add_argument("--steps", type=_ints, default=None, help="list, e.g. 1,4,16")
-    bn.add_argument("--t", type=float, default=None)
-    bn.add_argument("--size", type=_sizes, default=[512], help="output side in pixels; a list times each, e.g. 256,512")
-    bn.add_argument("--batch", type=_positive, default=1)
-    bn.add_argument("--repeat", type=_positive, default=10)
+    bn.add_argument("--steps", type=option("steps", many=True), default=None, help="list, e.g. 1,4,16")
+    bn.add_argument("--t", type=option("t", float), default=None)
+    bn.add_argument("--size", type=option("size", many=True), default=[512],
+                    help="output side in pixels; a list times each, e.g. 256,512")
+    bn.add_argument("--batch", type=option("batch"), default=1)
+    bn.add_argument("--repeat", type=option("repeat"), default=10)
     bn.add_argument("--compile", type=_words, default=["none"], metavar="MODES",
                     help="list of torch.compile modes to time, each in the same run: none (eager), default, "
                     "reduce-overhead (CUDA graphs), max-autotune; e.g. none,default")
-    bn.add_argument("--ort-threads", type=_ints, default=None, metavar="LIST", help="ONNX models: intra-op "
+    bn.add_argument("--ort-threads", type=option("ort-threads", many=True), default=None, metavar="LIST",
+                    help="ONNX models: intra-op "
                     "thread counts to time (0: ONNX Runtime's default; default: torch's thread count)")
     bn.add_argument("--ort-opt", type=_words, default=["all"], metavar="LEVELS", help="ONNX models: graph "
                     "optimisation levels to time: disable, basic, extended, layout, all")
@@ -173,13 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--paths", type=_words, default=["old", "fast"], metavar="PATHS",
                     help="with --train: the training paths to time in turn, old (fast=false) and/or fast")
     bn.add_argument("--data", default=None, help="with --train: training images (default: the preset's, else random)")
-    bn.add_argument("--rounds", type=_positive, default=1, help="with --train: time each path this many times, "
+    bn.add_argument("--rounds", type=option("rounds"), default=1, help="with --train: time each path this many times, "
                     "alternating, and keep the fastest (on a busy machine)")
-    bn.add_argument("--crop", type=int, default=None, help="with --train: HR crop size")
+    bn.add_argument("--crop", type=option("crop"), default=None, help="with --train: HR crop size")
     bn.add_argument("--json", default=None)
     bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     bn.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
     return parser
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict:
+    """End a command on SIGTERM and SIGHUP as on Ctrl-C (unless they are ignored, e.g. under nohup): the
+    exception unwinds the command, so a half-written output's temporary file is removed on the way.
+    Returns the handlers replaced, to restore."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    replaced = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            replaced[number] = signal.signal(number, interrupt)
+    return replaced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,16 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
                "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
                "serve": _serve}[args.command]
+    import signal
+    import threading
+
+    replaced = _stop_on_signals() if threading.current_thread() is threading.main_thread() else {}
     try:
-        return handler(args)
+        return handler(args)  # (serve installs its own handlers)
     except Exception as error:
         if not isinstance(error, _expected_errors()):
             raise
         print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)  # one line
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for number, previous in replaced.items():
+            signal.signal(number, previous)
 
 
 def _expected_errors() -> tuple[type, ...]:
@@ -660,14 +682,18 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from flowsr.catalog import check_export_target
+
+    check_export_target(args.model, Path(args.output), args.force)  # before torch is imported: in milliseconds
     from flowsr.onnx_export import export
 
-    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype)
+    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force)
     check = spec["check"]
     size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
+    start = json.loads((Path(args.output) / "config.json").read_text())["start"]
     print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "
-          f"and config.json; one call through ONNX Runtime vs torch float32 at {tuple(check['shape'])}: "
-          f"max abs difference {check['max_abs_diff']:.2g}")
+          f"and config.json{'' if start == 'bicubic' else f', its start network in {start}/'}; one call through "
+          f"ONNX Runtime vs torch float32 at {tuple(check['shape'])}: max abs difference {check['max_abs_diff']:.2g}")
     return 0
 
 
@@ -675,10 +701,10 @@ def _serve(args) -> int:
     problem = None
     if not 0 <= args.port <= 65535:
         problem = f"--port must be in 0..65535 (0: any free port), got {args.port}"
-    for option in ("max_upload_mb", "max_megapixels", "max_memory_gb"):
-        value = getattr(args, option, None)
+    for name in ("max_upload_mb", "max_megapixels", "max_memory_gb"):
+        value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
-            problem = f"--{option.replace('_', '-')} must be a positive number, got {value:g}"
+            problem = f"--{name.replace('_', '-')} must be a positive number, got {value:g}"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,6 +24,34 @@ START_KINDS = ("sr", "regression")  # what a flow may start from besides bicubic
 SAMPLERS = ("euler", "heun", "one_step", "mean_flow", "regression")
 
 
+# Every number of a training config, (lowest, highest), both allowed; checked by TrainConfig.validate before
+# anything is read or written (flowsr.settings.OPTION_RANGES bounds the command-line options).
+TRAIN_RANGES = {
+    "scale": (1, settings.MAX_SCALE), "crop": (8, 2048), "batch_size": (1, 4096), "data_memory_mb": (0, 1 << 20),
+    "num_workers": (0, 64), "max_steps": (0, 10**9), "time_limit": (0, 10**8), "lr": (0, 1.0),
+    "lr_min_ratio": (0, 1), "warmup": (0, 10**9), "weight_decay": (0, 1), "grad_clip": (1e-6, 1e6), "ema": (0, 1),
+    "sigma_p": (0, 0.999), "p_drop": (0, 1), "guidance": (0, settings.MAX_GUIDANCE), "s_min": (0, 1), "s_max": (0, 1),
+    "delta": (0, 1), "w_boundary": (0, 1e3), "w_align": (0, 1e3), "mf_omega": (0, 100), "mf_kappa": (0, 100),
+    "p_equal": (0, 1), "mf_p_grid": (0, 1), "mf_student_states": (0, 1), "adaptive_p": (0, 10),
+    "adaptive_c": (1e-12, 10), "default_steps": (0, settings.MAX_STEPS), "seed": (0, 2**63 - 1),
+    "log_every": (1, 10**9), "val_every": (1, 10**9), "val_images": (0, 10**4), "ckpt_every": (1, 10**9),
+    "net.channels": (1, 1024), "net.channel_mult": (1, 16), "net.num_blocks": (1, 16), "net.dropout": (0, 0.99),
+    "net.patch": (1, 16),
+}
+
+
+def check_ranges(config, ranges: dict, what: str = "") -> None:
+    """ValueError (one line, naming the key and its range) unless every number of ``config`` named in
+    ``ranges`` (``net.channels``: a nested field; a tuple: each entry) lies in its range."""
+    for key, (low, high) in ranges.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and not low <= item <= high:
+                raise ValueError(f"{what}{key} must be in [{low:g}, {high:g}], got {item!r}")
+
+
 def default_train_data() -> str:
     """``../shared/data/train`` beside the current directory when present, else empty."""
     candidate = Path("../shared/data/train")
@@ -105,6 +133,7 @@ class TrainConfig:
     ckpt_every: int = 500
 
     def validate(self) -> None:
+        check_ranges(self, TRAIN_RANGES, "invalid config: ")
         checks = [
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
             (1 <= self.scale <= settings.MAX_SCALE, f"scale must be in [1, {settings.MAX_SCALE}]"),

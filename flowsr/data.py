@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from flowsr import shards
-from flowsr.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_image_bytes, write_image
+from flowsr.io import IMAGE_EXTENSIONS, RGB8_DECODE_BYTES_PER_PIXEL, ImageReadError, read_image, read_rgb8, write_image
 from flowsr.ops import imresize
 
 DATA_MODES = ("auto", "memory", "stream")
@@ -90,7 +90,7 @@ def read_item(item: Item, min_size: int = 0) -> torch.Tensor:
     """Decode an :class:`Item` as a uint8 (3,H,W) tensor (grey replicated to RGB); ImageReadError if
     it cannot be read or is smaller than ``min_size``."""
     if item.length < 0:
-        image = read_image(item.path)
+        rgb = read_rgb8(item.path, name=item.name)  # uint8 straight from Pillow: no float copy of a large image
     else:
         try:
             with open(item.path, "rb") as handle:
@@ -100,11 +100,10 @@ def read_item(item: Item, min_size: int = 0) -> torch.Tensor:
             raise ImageReadError(f"{item.name}: cannot read shard ({error.strerror or error})") from error
         if len(data) != item.length:
             raise ImageReadError(f"{item.name}: shard is shorter than its index says")
-        image = read_image_bytes(data, item.name)
-    rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
-    if min(rgb.shape[-2:]) < min_size:
+        rgb = read_rgb8(data=data, name=item.name)
+    if min(rgb.shape[:2]) < min_size:
         raise ImageReadError(f"{item.name}: smaller than the {min_size}px crop")
-    return (rgb * 255).round().to(torch.uint8)
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _generator(*key) -> torch.Generator:
@@ -242,7 +241,7 @@ def start_image(hr: torch.Tensor, scale: int, start_net) -> torch.Tensor:
     """A whole training image's start image: HR (3,H,W) uint8 -> ``start_net(lq)`` (3,H',W') uint8, where
     lq is the MATLAB-bicubic LR of HR cropped to a multiple of ``scale`` (H' = H - H % scale)."""
     hr = hr[:, :hr.shape[1] - hr.shape[1] % scale, :hr.shape[2] - hr.shape[2] % scale]
-    lq = bicubic_pair(hr[None].float() / 255, scale)[0]
+    lq = bicubic_pair(hr[None].float() / 255, scale)[0]  # on hr's device
     with torch.no_grad():
         return (start_net(lq)[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
@@ -264,6 +263,25 @@ def cached_start_image(item: Item, hr: torch.Tensor, scale: int, start_net, cach
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, base.float() / 255)
     return base
+
+
+def check_data_memory(data, items: list[Item], mode: str, workers: int) -> None:
+    """ValueError (one line) when the data cannot fit in the memory available: in memory mode the decoded
+    images, and in every mode the largest image being decoded, in each loader process at once."""
+    from flowsr.memory import available_bytes
+
+    available = available_bytes()
+    if available is None or not items:
+        return
+    largest = max(items, key=lambda item: item.height * item.width)
+    decoding = RGB8_DECODE_BYTES_PER_PIXEL * largest.height * largest.width * max(workers, 1)
+    held = sum(3 * item.height * item.width for item in items) if mode == "memory" else 0
+    if held + decoding > available:
+        processes = f"in each of {workers} loader processes" if workers > 1 else "at once"
+        raise ValueError(f"{data}: the training data needs about {(held + decoding) / 2**30:.2f} GB "
+                         f"({held / 2**30:.2f} GB of images in memory, and {largest.name} ({largest.width}x"
+                         f"{largest.height}) decoded {processes}), more than the {available / 2**30:.2f} GB "
+                         "available; use data_mode=stream, fewer num_workers, or smaller images")
 
 
 def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
@@ -302,7 +320,8 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
                 skipped.append(str(error))
                 continue
             if start_net is not None:
-                base = cached_start_image(item, image, scale, start_net, start_cache)
+                on_device = image if device is None else image.to(device)  # the bicubic LR made there
+                base = cached_start_image(item, on_device, scale, start_net, start_cache)
                 image = torch.cat([image[:, :base.shape[1], :base.shape[2]], base])
             images.append(image)
             kept.append(item)
@@ -318,9 +337,10 @@ def crop_batches(data: str | Path, crop: int, batch_size: int, seed: int, *, ran
     line = (f"data: {len(items)} images{f' (rank {rank} of {world})' if world > 1 else ''}, "
             f"{decoded_mb:.0f} MB decoded, {how} (data_mode={mode})"
             f"{', with their start images' if start_net is not None and chosen == 'memory' else ''}")
+    workers = num_workers if chosen == "stream" else 0
+    check_data_memory(data, items, chosen, workers)
     if on_device:
         return DeviceCrops(images, crop, batch_size, seed, rank, start, device), line
-    workers = num_workers if chosen == "stream" else 0
     loader = torch.utils.data.DataLoader(
         Crops(items, crop, seed, rank, images), batch_size=batch_size, sampler=_From(start),
         num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers else None,

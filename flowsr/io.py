@@ -106,7 +106,8 @@ class Image:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+               name: str | None = None) -> Image:
     """Read PNG, JPEG, WebP, BMP, TIFF (or GIF) into an :class:`Image` (see there for shapes/ranges).
 
     EXIF orientation is applied. Grey stays (1,H,W); alpha (RGBA, LA, palette transparency) is split
@@ -118,21 +119,79 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     Only a regular file is opened (a FIFO or a device is refused without reading), its size is checked
     against :func:`max_file_bytes` and the header against ``max_pixels`` (None: no limits) before the
     pixels are decoded; the decoder reads the file as it goes, never the whole of it at once.
-    Raises ImageReadError (only) for missing, empty, truncated, corrupt, non-image or too large files.
+    Raises ImageReadError (only) for missing, empty, truncated, corrupt, non-image or too large files,
+    and for files whose decode would take more memory than their declared size (see
+    :func:`_check_tiff_layout`). ``name``: the file's name in messages (default: ``path``).
     """
     path = Path(path)
+    name = str(path) if name is None else name
     try:
         handle = _open_regular_file(path)
     except OSError as error:
-        raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from error
+        raise ImageReadError(f"{name}: cannot read file ({error.strerror or error})") from error
     with handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
-            raise ImageReadError(f"{path}: empty file")
+            raise ImageReadError(f"{name}: empty file")
         if max_pixels is not None and size > max_file_bytes(max_pixels):
-            raise ImageReadError(f"{path}: file too large: {size} bytes > limit {max_file_bytes(max_pixels)} "
+            raise ImageReadError(f"{name}: file too large: {size} bytes > limit {max_file_bytes(max_pixels)} "
                                  f"for an image of at most {max_pixels} pixels (pass --allow-large to override)")
-        return _decode(handle, str(path), max_pixels, path)
+        return _decode(handle, name, max_pixels, path)
+
+
+_RGB8_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+RGB8_DECODE_BYTES_PER_PIXEL = 10  # read_rgb8's peak: Pillow's pixels (4 bytes) + their copy (3) + decoder buffers
+# (measured 609 MB for an 8000x8000 PNG; the float decode of read_image took 2201 MB)
+
+
+def read_rgb8(path: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+              data: bytes | None = None, name: str | None = None) -> np.ndarray:
+    """A file (``path``) or a file's bytes (``data``) as uint8 RGB (H,W,3), EXIF orientation applied, grey
+    replicated, alpha dropped: what training crops are cut from. 8-bit files are converted by Pillow into
+    one uint8 array (:data:`RGB8_DECODE_BYTES_PER_PIXEL` a pixel, not the 35 of a float decode);
+    16-bit and float files go through :func:`read_image`. Same checks and ImageReadError as
+    :func:`read_image`."""
+    name = name or str(path)
+    if data is None:
+        path = Path(path)
+        try:
+            handle = _open_regular_file(path)
+        except OSError as error:
+            raise ImageReadError(f"{name}: cannot read file ({error.strerror or error})") from error
+        size = os.fstat(handle.fileno()).st_size
+    else:
+        handle, size = io.BytesIO(data), len(data)
+    with handle:
+        if size == 0:
+            raise ImageReadError(f"{name}: empty file")
+        if max_pixels is not None and size > max_file_bytes(max_pixels):
+            raise ImageReadError(f"{name}: file too large: {size} bytes > limit {max_file_bytes(max_pixels)}")
+        try:
+            with _pillow_limit(max_pixels):
+                _check_tiff_layout(handle, name, max_pixels)
+                im = PIL.Image.open(handle, formats=_READ_FORMATS)
+                if max_pixels is not None and im.width * im.height > max_pixels:
+                    raise ImageReadError(_too_large(name, im.width * im.height, max_pixels))
+                if im.mode in _RGB8_MODES and ";16" not in _rawmode(im):
+                    im.load()
+                    orientation = _exif_orientation(im, [])
+                    rgb = im.convert("RGB") if im.mode != "RGB" else im
+                    pixels = np.asarray(rgb)  # a read-only array over a copy of Pillow's pixels
+                    del im, rgb  # Pillow's own (4 bytes a pixel) go before the writable copy is made
+                    return np.array(_orient(pixels, orientation))
+        except ImageReadError:
+            raise
+        except PIL.UnidentifiedImageError as error:
+            raise ImageReadError(f"{name}: not an image file (or not PNG/JPEG/WebP/BMP/TIFF/GIF)") from error
+        except PIL.Image.DecompressionBombError as error:
+            raise ImageReadError(_too_large(name, "more", max_pixels or 0)) from error
+        except Exception as error:
+            detail = " ".join(str(error).split()) or type(error).__name__
+            raise ImageReadError(f"{name}: truncated or corrupt image ({detail})") from error
+        handle.seek(0)
+        image = _decode(handle, name, max_pixels, None)  # 16-bit, I, F: the exact reader
+    rgb = image.rgb.expand(3, -1, -1) if image.rgb.shape[0] == 1 else image.rgb
+    return (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def max_file_bytes(max_pixels: int) -> int:
@@ -174,10 +233,11 @@ def _decode(source: BinaryIO, name: str, max_pixels: int | None, path: Path | No
     notes: list[str] = []
     try:
         with _pillow_limit(max_pixels) as caught:
+            _check_tiff_layout(source, name, max_pixels)  # before Pillow parses it
             im = PIL.Image.open(source, formats=_READ_FORMATS)
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageReadError(_too_large(name, im.width * im.height, max_pixels))
-            if getattr(im, "n_frames", 1) > 1:
+            if getattr(im, "is_animated", False):  # (n_frames would parse every frame of a TIFF)
                 notes.append("animated: first frame used")
             rawmode = _rawmode(im)
             im.load()  # full decode here, so truncation surfaces inside the try
@@ -202,6 +262,113 @@ def _decode(source: BinaryIO, name: str, max_pixels: int | None, path: Path | No
         detail = " ".join(str(error).split()) or type(error).__name__
         raise ImageReadError(f"{name}: truncated or corrupt image ({detail})") from error
     return _to_image(array, depth, im.mode, path, notes, color)
+
+
+# TIFF: what Pillow and libtiff allocate besides the image is one strip or tile (its size from the tags,
+# not from the image's) and Python objects for the tags' values; both are checked from the first directory
+# before Pillow reads it. Every other format decodes into the declared image size (checked against
+# max_pixels) with buffers of a few rows.
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
+                    17: 8, 18: 8}
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+_TIFF_TEXT_TYPES = (1, 2, 6, 7)  # bytes, ASCII, signed bytes, undefined: kept as bytes, not as numbers
+_TIFF_CHUNK_TAGS = (273, 279, 324, 325)  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
+TIFF_MAX_ENTRIES = 1024  # tags in one directory (real files have a few dozen)
+TIFF_MAX_VALUES = 3 * 65536  # numbers in one tag (the colour map of a 16-bit palette), offsets aside
+TIFF_CHUNK_FLOOR = 16 << 20  # a strip or tile may always take this much to decode (1024x1024, 16 bytes a pixel)
+
+
+def _silence_libtiff() -> bool:
+    """Make libtiff stop printing its errors on stderr (``tempfile.tif: Using code not yet in table.``, a raw
+    line beside flowsr's own): Pillow reports a failed decode as an exception anyway, which becomes the
+    file's one-line error. Finds the libtiff Pillow loaded (Linux: /proc/self/maps); False where it cannot."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            library = next(line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1])
+        ctypes.CDLL(library).TIFFSetErrorHandler(None)
+        return True
+    except (OSError, StopIteration, AttributeError):
+        return False
+
+
+_silence_libtiff()
+
+
+def _check_tiff_layout(source: BinaryIO, name: str, max_pixels: int | None) -> None:
+    """Refuse, from the first directory of a TIFF file and before any pixel is read, a layout whose decode
+    would take more memory than its declared image: a strip or tile larger than twice the image (or
+    :data:`TIFF_CHUNK_FLOOR`), more strip/tile offsets than the image has strips/tiles, a tag of more
+    than :data:`TIFF_MAX_VALUES` numbers, or more than :data:`TIFF_MAX_ENTRIES` tags. Other files are
+    left alone; ``source`` is returned to its start."""
+    start = source.tell()
+    try:
+        head = source.read(16)
+        if head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+") or len(head) < 8:
+            return
+        end = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\0", b"\0+")
+        offset = struct.unpack(end + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        source.seek(offset)
+        count_bytes, entry_bytes, inline = (8, 20, 8) if big else (2, 12, 4)
+        raw_count = source.read(count_bytes)
+        if len(raw_count) < count_bytes:
+            return  # Pillow reports the broken file
+        (entries,) = struct.unpack(end + ("Q" if big else "H"), raw_count)
+        if entries > TIFF_MAX_ENTRIES:
+            raise ImageReadError(f"{name}: TIFF directory of {entries} tags (limit {TIFF_MAX_ENTRIES}); refusing it")
+        table = source.read(entries * entry_bytes)
+        tags: dict[int, tuple[int, int, bytes]] = {}
+        for index in range(len(table) // entry_bytes):
+            entry = table[index * entry_bytes:(index + 1) * entry_bytes]
+            tag, kind, count = struct.unpack(end + ("HHQ" if big else "HHI"), entry[:4 + inline])
+            tags[tag] = (kind, count, entry[4 + inline:])
+            if kind not in _TIFF_TEXT_TYPES and tag not in _TIFF_CHUNK_TAGS and count > TIFF_MAX_VALUES:
+                raise ImageReadError(f"{name}: TIFF tag {tag} holds {count} numbers (limit {TIFF_MAX_VALUES}); "
+                                     "refusing it")
+
+        def values(tag: int, default: tuple[int, ...]) -> tuple[int, ...]:
+            """The first (up to 64) integer values of ``tag``."""
+            if tag not in tags or tags[tag][0] not in _TIFF_INTEGERS:
+                return default
+            kind, count, field_ = tags[tag]
+            size, count = _TIFF_TYPE_BYTES[kind], min(count, 64)
+            if size * count <= inline:
+                data = field_[:size * count]
+            else:
+                source.seek(struct.unpack(end + ("Q" if big else "I"), field_)[0])
+                data = source.read(size * count)
+            count = len(data) // size
+            return struct.unpack(f"{end}{count}{_TIFF_INTEGERS[kind]}", data[:count * size]) or default
+
+        width, height = values(256, (0,))[0], values(257, (0,))[0]
+        if width <= 0 or height <= 0 or (max_pixels is not None and width * height > max_pixels):
+            return  # Pillow refuses it, or the size check does
+        samples = max(values(277, (1,))[0], 1)
+        bits = max(max(values(258, (1,))), 1)
+        planes = samples if values(284, (1,))[0] == 2 else 1
+        tiled = 322 in tags or 323 in tags
+        if tiled:
+            chunk_w, chunk_h = max(values(322, (0,))[0], 1), max(values(323, (0,))[0], 1)
+        else:
+            chunk_w, chunk_h = width, max(min(values(278, (height,))[0], height), 1)
+        chunks = -(-width // chunk_w) * -(-height // chunk_h) * planes
+        for tag in _TIFF_CHUNK_TAGS:
+            if tag in tags and tags[tag][1] > chunks:
+                raise ImageReadError(f"{name}: TIFF lists {tags[tag][1]} {'tiles' if tiled else 'strips'} for an "
+                                     f"image of {chunks}; refusing it")
+        per_pixel = max(-(-bits * samples // planes // 8), 4)  # libtiff's RGBA path takes 4 bytes a pixel
+        chunk_bytes = chunk_w * chunk_h * per_pixel
+        limit = max(2 * width * height * max(-(-bits * samples // 8), 4), TIFF_CHUNK_FLOOR)
+        if chunk_bytes > limit:
+            raise ImageReadError(f"{name}: TIFF {'tile' if tiled else 'strip'} of {chunk_w}x{chunk_h} pixels would "
+                                 f"take {chunk_bytes / 2**20:.0f} MiB to decode, more than its {width}x{height} "
+                                 f"image allows ({limit / 2**20:.0f} MiB); refusing it")
+    except (struct.error, OSError, ValueError, OverflowError):
+        return  # unreadable: Pillow reports it
+    finally:
+        source.seek(start)
 
 
 def _color_info(im: PIL.Image.Image, grey: bool, notes: list[str]) -> ColorInfo:

@@ -20,15 +20,18 @@ the tiler when that changes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import weakref
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flowsr.nets import NetConfig, UNet
+from flowsr.io import TIFF_CHUNK_FLOOR
+from flowsr.nets import NetConfig, SRNetConfig, UNet, build_sr_net
 from flowsr.pipeline import row_buffer_bytes
 
 FLOAT = 4  # bytes of a float32
@@ -59,9 +62,10 @@ def return_freed_memory() -> bool:
 
 
 def decode_bytes(file_bytes: int, pixels: int) -> int:
-    """Peak memory of :func:`flowsr.io.read_image_bytes` on a file of ``file_bytes`` with ``pixels``
-    pixels, its bytes included."""
-    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels + DECODE_FIXED
+    """Peak memory of :func:`flowsr.io.read_image` on a file of ``file_bytes`` with ``pixels`` pixels:
+    the file's bytes (a decoder may hold them), the pixels and one TIFF strip or tile, which
+    :mod:`flowsr.io` bounds by twice the image or :data:`flowsr.io.TIFF_CHUNK_FLOOR`."""
+    return file_bytes + DECODE_BYTES_PER_PIXEL * pixels + DECODE_FIXED + TIFF_CHUNK_FLOOR
 
 
 def upscale_bytes(model, height: int, width: int, channels: int = 3, alpha: bool = False,
@@ -91,8 +95,14 @@ def _pass_bytes(model, height: int, width: int, planes: int) -> int:
     resize = (8 + FLOAT) * (out_h * height + out_w * width)
     net = 0
     if model.net is not None and model.device.type == "cpu":  # on a GPU the activations are not host memory
-        net = network_bytes(model.config.net, pad_h, pad_w)
-    return images + resize + net
+        if model.config.kind == "sr":  # a feed-forward SR network runs on the LR part
+            net = sr_network_bytes(model.config.sr_net, model.scale, height, width)
+        else:
+            net = network_bytes(model.config.net, pad_h, pad_w)
+    start = 0
+    if getattr(model, "start", None) is not None:  # the start network's pass, then its output held as cond
+        start = _pass_bytes(model.start, height, width, planes) + FLOAT * planes * out_h * out_w
+    return images + resize + net + start
 
 
 def network_bytes(net_config: NetConfig, height: int, width: int) -> int:
@@ -115,6 +125,26 @@ def _network_bytes(key: tuple, height: int, width: int) -> int:
         return int(NET_MARGIN * count.peak)
     except Exception:  # an operator without a meta kernel: a generous per-pixel figure instead
         return NET_FALLBACK_PER_PIXEL * height * width
+
+
+def sr_network_bytes(sr_config, scale: int, height: int, width: int) -> int:
+    """Peak memory of one forward of a feed-forward SR network (kind sr) on a (1,3,height,width) LR input,
+    counted as :func:`network_bytes` counts the U-Net's."""
+    key = tuple(dataclasses.asdict(sr_config).items())
+    return _sr_network_bytes(key, scale, height, width)
+
+
+@lru_cache(maxsize=256)
+def _sr_network_bytes(key: tuple, scale: int, height: int, width: int) -> int:
+    try:
+        with torch.device("meta"):
+            net = build_sr_net(SRNetConfig(**dict(key)), scale)
+        x = torch.empty(1, 3, height, width, device="meta")
+        with torch.no_grad(), _LiveBytes() as count:
+            net(x)
+        return int(NET_MARGIN * count.peak)
+    except Exception:  # an operator without a meta kernel: a generous per-pixel figure instead
+        return NET_FALLBACK_PER_PIXEL * height * width * scale * scale
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -140,3 +170,81 @@ class _LiveBytes(TorchDispatchMode):
                 weakref.finalize(tensor, self._freed, size)
         self.peak = max(self.peak, self.live)
         return out
+
+
+# -- training --------------------------------------------------------------------------------------
+
+MEANFLOW_FACTOR = 1.5  # MeanFlow's JVP carries tangents beside the activations (measured +10 %)
+PARAMETER_COPIES = 6  # weights, gradients, AdamW's two moments, the EMA copy, a teacher's weights
+
+
+def train_step_bytes(cfg) -> int:
+    """Peak memory of one training step of ``cfg`` (a :class:`flowsr.config.TrainConfig`): the activations
+    that forward and backward keep for ``batch_size`` crops, counted for one crop on PyTorch's meta device
+    times :data:`NET_MARGIN`, a teacher's forward for distillation, and the parameter copies. Measured:
+    180 MB for tiny-teacher at batch 64, crop 64 (a step's growth of the peak RSS), estimated 441 MB."""
+    per_crop = _train_bytes(tuple(dataclasses.asdict(cfg.net).items()), cfg.crop)
+    if cfg.objective in ("oftsr", "meanflow"):
+        per_crop += network_bytes(cfg.net, cfg.crop, cfg.crop)
+    factor = MEANFLOW_FACTOR if cfg.objective == "meanflow" else 1.0
+    return int(NET_MARGIN * factor * cfg.batch_size * per_crop) + PARAMETER_COPIES * FLOAT * _parameters(
+        tuple(dataclasses.asdict(cfg.net).items())) + FIXED
+
+
+@lru_cache(maxsize=64)
+def _train_bytes(key: tuple, crop: int) -> int:
+    """Live bytes at the peak of one crop's forward and backward through the network of ``key``."""
+    try:
+        with torch.device("meta"):
+            net = UNet(NetConfig(**dict(key)))
+        x = torch.empty(1, net.cfg.image_channels, crop, crop, device="meta")
+        t = torch.zeros(1, device="meta")
+        with _LiveBytes() as count:
+            net(x, t, x, t).sum().backward()
+        return count.peak
+    except Exception:  # an operator without a meta kernel
+        return 2 * NET_FALLBACK_PER_PIXEL * crop * crop
+
+
+@lru_cache(maxsize=64)
+def _parameters(key: tuple) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in UNet(NetConfig(**dict(key))).parameters())
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still take (Linux): the system's MemAvailable, capped by the room left in
+    its memory cgroup (v1 or v2). None where it cannot be told."""
+    room = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as meminfo:
+            room.append(1024 * int(next(line for line in meminfo if line.startswith("MemAvailable:")).split()[1]))
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, where = line.split(":", 2)
+            if controllers == "":  # v2
+                limit, usage = f"/sys/fs/cgroup{where}/memory.max", f"/sys/fs/cgroup{where}/memory.current"
+            elif "memory" in controllers.split(","):
+                limit = f"/sys/fs/cgroup/memory{where}/memory.limit_in_bytes"
+                usage = f"/sys/fs/cgroup/memory{where}/memory.usage_in_bytes"
+            else:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                text = Path(limit).read_text().strip()
+                if text != "max" and int(text) < 1 << 60:
+                    room.append(int(text) - int(Path(usage).read_text()))
+    return min(room) if room else None
+
+
+def check_training(cfg, device) -> None:
+    """ValueError (one line) when one training step of ``cfg`` cannot fit in the memory left: the host's
+    (:func:`available_bytes`) on the CPU, the GPU's free memory on CUDA."""
+    need = train_step_bytes(cfg)
+    if device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(device)[0], "free on the GPU"
+    else:
+        available, where = available_bytes(), "available"
+    if available is not None and need > available:
+        raise ValueError(f"a training step of batch_size={cfg.batch_size} crops of {cfg.crop}px needs about "
+                         f"{need / 2**30:.2f} GB of memory, more than the {available / 2**30:.2f} GB {where}; "
+                         "lower batch_size or crop")

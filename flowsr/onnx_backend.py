@@ -1,10 +1,12 @@
 """ONNX Runtime backend: an exported network (``flowsr export``) called like :class:`flowsr.nets.UNet`.
 
-An *ONNX model directory* holds ``model.onnx`` (the network, inputs ``x, t, h, cond``, output ``v``)
-and ``config.json`` (the model's :class:`~flowsr.config.ModelConfig` plus an ``"onnx"`` section
-describing the graph). :class:`OnnxNet` has the network's signature ``net(x, t, cond, h=None) -> v``
-on torch tensors, so the samplers, the OFTSR knob, guidance, tiling and the source noise of
-:mod:`flowsr.pipeline` run unchanged on it. onnxruntime is an optional extra: ``pip install "flowsr[onnx]"``.
+An *ONNX model directory* holds ``model.onnx`` (the network, inputs ``x, t, h, cond``, output ``v``;
+for a feed-forward SR network of kind sr, input ``lq``, output ``sr``), ``config.json`` (the model's
+:class:`~flowsr.config.ModelConfig` plus an ``"onnx"`` section describing the graph) and, for a flow
+model with a start network, that network's own export in ``start/``. :class:`OnnxNet` has the U-Net's
+signature ``net(x, t, cond, h=None) -> v`` on torch tensors, so the samplers, the OFTSR knob, guidance,
+tiling and the source noise of :mod:`flowsr.pipeline` run unchanged on it; :class:`OnnxSRNet` has the SR
+network's ``net(lq) -> sr``. onnxruntime is an optional extra: ``pip install "flowsr[onnx]"``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from flowsr.config import ModelConfig
 ONNX_FILE = "model.onnx"
 INPUTS = ("x", "t", "h", "cond")  # graph input names, in the exported order
 OUTPUT = "v"
+SR_INPUTS = ("lq",)  # the graph of a feed-forward SR network (kind sr): lq in [0, 1] -> sr
+SR_OUTPUT = "sr"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "layout", "all")
 EXECUTION_MODES = ("sequential", "parallel")
@@ -104,6 +108,8 @@ class OnnxNet:
     device; inputs go through host memory as numpy arrays, also with the CUDA provider.
     """
 
+    inputs, output = INPUTS, OUTPUT  # the graph's names, checked when the session opens
+
     def __init__(self, path: Path, graph: dict, device: torch.device, options: OrtOptions | None = None):
         ort = require("onnxruntime")
         self.path, self.graph, self.device = Path(path), graph, device
@@ -120,14 +126,14 @@ class OnnxNet:
         except Exception as error:  # onnxruntime's own exception types subclass Exception directly
             raise ModelLoadError(f"{self.path}: onnxruntime cannot load it ({one_line(error)})") from None
         names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
-        if sorted(names[0]) != sorted(INPUTS) or names[1] != [OUTPUT]:
+        if sorted(names[0]) != sorted(self.inputs) or names[1] != [self.output]:
             raise ModelLoadError(f"{self.path}: graph inputs {names[0]} and outputs {names[1]} are not flowsr's "
-                                 f"{', '.join(INPUTS)} -> {OUTPUT} (export it with flowsr export)")
+                                 f"{', '.join(self.inputs)} -> {self.output} (export it with flowsr export)")
         self.image_dtype = DTYPES[graph["dtype"]]
 
     def with_options(self, options: OrtOptions) -> OnnxNet:
         """The same graph in a new session with other settings."""
-        return OnnxNet(self.path, self.graph, self.device, options)
+        return type(self)(self.path, self.graph, self.device, options)
 
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor, h=None) -> torch.Tensor:
         if x.ndim != 4 or cond.shape != x.shape:
@@ -148,6 +154,25 @@ class OnnxNet:
 
     def _image(self, tensor: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(tensor.detach().float().cpu().numpy(), dtype=self.image_dtype)
+
+
+class OnnxSRNet(OnnxNet):
+    """A feed-forward SR network (kind sr, e.g. BSRN) exported by ``flowsr export``, called as ``net(lq) -> sr``.
+
+    ``lq``: (B, 3, h, w) torch tensor in [0, 1], any h, w >= 1; returns (B, 3, scale * h, scale * w) float32,
+    about [0, 1] (not clipped), on ``lq``'s device.
+    """
+
+    inputs, output = SR_INPUTS, SR_OUTPUT
+
+    def __call__(self, lq: torch.Tensor) -> torch.Tensor:
+        if lq.ndim != 4 or lq.shape[1] != 3:
+            raise ValueError(f"lq must be (B, 3, h, w); got {tuple(lq.shape)}")
+        try:
+            (sr,) = self.session.run([SR_OUTPUT], {SR_INPUTS[0]: self._image(lq)})
+        except Exception as error:  # onnxruntime's exceptions; the CLI reports RuntimeError per file
+            raise RuntimeError(f"onnxruntime: {one_line(error)}") from None
+        return torch.from_numpy(sr).to(lq.device, torch.float32)
 
 
 def _times(value, batch: int) -> np.ndarray:
@@ -187,12 +212,19 @@ def read_onnx_config(directory: Path) -> tuple[ModelConfig, dict]:
 
 def load_onnx_dir(directory: Path, device: str = "auto", options: OrtOptions | None = None
                   ) -> tuple[OnnxNet, ModelConfig]:
-    """Open ``directory/model.onnx`` in an ONNX Runtime session (CUDA provider on ``cuda``)."""
+    """Open ``directory/model.onnx`` in an ONNX Runtime session (CUDA provider on ``cuda``): an
+    :class:`OnnxSRNet` when the graph section's inputs are the SR network's ``lq``, else an :class:`OnnxNet`."""
     directory = Path(directory)
     require("onnxruntime", f"{directory}: running an ONNX model")
     config, graph = read_onnx_config(directory)
+    inputs = graph.get("inputs")
+    sr_graph = isinstance(inputs, list) and [i.get("name") for i in inputs if isinstance(i, dict)] == list(SR_INPUTS)
+    if sr_graph != (config.kind == "sr"):
+        raise ModelLoadError(f"{directory / 'config.json'}: a {config.kind} model, but its \"onnx\" section describes "
+                             f"{'an SR network (lq -> sr)' if sr_graph else 'a U-Net (x, t, h, cond -> v)'}")
     try:
         device = resolve_device(device)
     except ModelLoadError as error:
         raise ModelLoadError(f"{directory}: {error}") from None
-    return OnnxNet(directory / ONNX_FILE, graph, device, options), config
+    network = OnnxSRNet if sr_graph else OnnxNet
+    return network(directory / ONNX_FILE, graph, device, options), config

@@ -2,29 +2,44 @@
 
 The graph is the network itself, ``v = net(x, t, h, cond)`` with batch, height and width dynamic, not a
 sampler: one-step models need one call, teachers and few-step students loop over it exactly as
-:mod:`flowsr.samplers` does, so every sampler, the OFTSR knob and guidance work on the export.
+:mod:`flowsr.samplers` does, so every sampler, the OFTSR knob and guidance work on the export. A
+feed-forward SR network (kind sr: BSRN, RLFN) is ``sr = net(lq)``; a flow model's start network is
+exported beside it, into ``start/``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import flowsr
-from flowsr.catalog import model_path
+from flowsr.bench import network_flops_per_pixel
+from flowsr.catalog import bundled_models, check_export_target, model_path, start_path, weights_sha256
 from flowsr.checkpoint import atomic_write, load_model_dir
-from flowsr.onnx_backend import DTYPES, INPUTS, ONNX_FILE, OUTPUT, is_onnx_dir, one_line, require
+from flowsr.onnx_backend import (
+    DTYPES,
+    INPUTS,
+    ONNX_FILE,
+    OUTPUT,
+    SR_INPUTS,
+    SR_OUTPUT,
+    is_onnx_dir,
+    one_line,
+    require,
+)
 
 PARITY_TOLERANCE = 1e-4  # max abs difference of one float32 network call, ONNX Runtime vs torch
 MIN_OPSET = 18  # the lowest opset torch's exporter implements
+START_DIR = "start"  # an exported flow model's start network, exported beside it
 
 
 class _Network(torch.nn.Module):
@@ -67,12 +82,39 @@ def graph_spec(config, dtype: str, size_multiple: int) -> dict:
     }
 
 
-def export(model: str | Path, directory: str | Path, opset: int | None = None, dtype: str = "float32") -> dict:
+def sr_graph_spec(config, dtype: str) -> dict:
+    """The ``"onnx"`` section of a feed-forward SR network's export (kind sr): ``sr = net(lq)``."""
+    s = config.scale
+    return {
+        "file": ONNX_FILE,
+        "dtype": dtype,
+        "size_multiple": 1,
+        "inputs": [
+            {"name": SR_INPUTS[0], "dtype": dtype, "shape": ["batch", 3, "height", "width"], "range": [0, 1],
+             "about": "low-resolution RGB image, float in [0, 1]; any height and width >= 1"},
+        ],
+        "outputs": [
+            {"name": SR_OUTPUT, "dtype": dtype, "shape": ["batch", 3, f"{s}*height", f"{s}*width"], "range": [0, 1],
+             "about": f"the x{s} super-resolved image, about [0, 1] (it may overshoot slightly: clip to [0, 1])"},
+        ],
+        "height": "any >= 1", "width": "any >= 1",
+    }
+
+
+def export(model: str | Path, directory: str | Path, opset: int | None = None, dtype: str = "float32",
+           force: bool = False, _depth: int = 0) -> dict:
     """Export ``model`` (bundled name or model directory) to ``directory/model.onnx`` + ``config.json``.
 
-    The graph is checked with ``onnx.checker`` and one call through ONNX Runtime is compared with torch
+    A U-Net's graph is ``v = net(x, t, h, cond)``, a feed-forward SR network's (kind sr) ``sr = net(lq)``. A
+    model with a start network gets that network's export in ``directory/start/`` (recursively, as deep as
+    :func:`flowsr.pipeline.load` follows starts), and its config.json names it (``"start": "start"``, with
+    the SHA-256 of ``start/model.onnx``), so the directory runs without any torch weights.
+
+    Each graph is checked with ``onnx.checker`` and one call through ONNX Runtime is compared with torch
     (float32: max abs difference at most :data:`PARITY_TOLERANCE`, else nothing is written). Returns the
-    ``"onnx"`` section written to config.json. Raises ModelLoadError / ValueError with a one-line message.
+    ``"onnx"`` section written to config.json. ``directory`` must be new, empty or a previous export of this
+    model (``force``: any folder but a torch model's; :func:`flowsr.catalog.check_export_target`).
+    Raises ModelLoadError / ValueError with a one-line message.
     """
     onnx = require("onnx", "flowsr export")
     require("onnxscript", "flowsr export")
@@ -85,71 +127,113 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     source = model_path(model)
     if source is None:
         raise ValueError("bicubic has no network to export")
+    check_export_target(str(model), Path(directory), force)
     if is_onnx_dir(source):
         raise ValueError(f"{source}: already an ONNX export; export the torch model directory instead")
     net, config = load_model_dir(source)
     directory = Path(directory)
     if directory.resolve() == source.resolve() or (directory / "model.safetensors").exists():
         raise ValueError(f"{directory}: holds a torch model (model.safetensors); export to another directory")
-    without_h = _h_zero_is_no_h(net)
+    sr = config.kind == "sr"
+    without_h = sr or _h_zero_is_no_h(net)
     if config.kind in ("flow", "regression") and not without_h:
         raise ValueError(f"{source}: this {config.kind} model's interval MLP is not zero, so h = 0 differs from "
                          "calling it without h, as the samplers do; it cannot be exported")
 
-    m = net.size_multiple
-    export_net = _Network(net if dtype == "float32" else load_model_dir(source)[0].half()).eval()
-    image_dtype = torch.float32 if dtype == "float32" else torch.float16
-    # distinct example tensors of distinct sizes: aliased or equal-sized inputs would be merged by the tracer
-    generator = torch.Generator().manual_seed(0)
-    example = (torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype),
-               torch.rand(2, generator=generator), torch.rand(2, generator=generator),
-               torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype))
-    image_axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic = {"x": image_axes, "t": {0: "batch"}, "h": {0: "batch"}, "cond": image_axes}
-    try:
-        with _quiet():
-            program = torch.onnx.export(export_net, example, dynamo=True, input_names=list(INPUTS),
-                                        output_names=[OUTPUT], dynamic_shapes=dynamic, opset_version=opset,
-                                        verbose=False, external_data=False)
-    except Exception as error:  # the exporter's failures come in many types; report one line
-        raise ValueError(f"{source}: torch.onnx.export failed ({one_line(error)})") from error
-    spec = graph_spec(config, dtype, m)
-    spec["h_zero_is_no_h"] = without_h
-
-    def write(path: Path) -> None:
-        program.save(str(path))
-        _name_output_axes(onnx, path)
-        try:
-            onnx.checker.check_model(str(path), full_check=True)
-        except onnx.checker.ValidationError as error:
-            raise ValueError(f"{ONNX_FILE}: onnx.checker rejects the exported graph ({one_line(error)}); "
-                             "nothing written") from None
-        proto = onnx.load(str(path), load_external_data=False)
-        spec["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        try:
-            spec["check"] = parity(net, path, ort, m)
-        except Exception as error:  # onnxruntime's exceptions subclass Exception directly
-            raise ValueError(f"{ONNX_FILE}: onnxruntime cannot run the exported graph ({one_line(error)}); "
-                             "nothing written") from None
-        difference = spec["check"]["max_abs_diff"]
-        if dtype == "float32" and not difference <= PARITY_TOLERANCE:
-            raise ValueError(f"{path.name}: ONNX Runtime differs from torch by {difference:.3g} "
-                             f"(> {PARITY_TOLERANCE:g}); nothing written")
-
     created = not directory.exists()
+    start_created = not (directory / START_DIR).exists()
     try:
-        atomic_write(directory / ONNX_FILE, write)
+        if config.start != "bicubic":  # first the start, checked as flowsr.load checks it
+            config = _export_start(source, config, directory / START_DIR, opset, dtype, _depth)
+        spec = _export_graph(onnx, ort, source, net, config, directory / ONNX_FILE, opset, dtype)
+        if sr and config.licence and (source / config.licence).is_file():  # the weights' licence travels with them
+            licence = (source / config.licence).read_bytes()
+            atomic_write(directory / config.licence, lambda p: p.write_bytes(licence))
     except BaseException:
-        if created and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()  # a failed first export leaves no empty directory behind
+        if created and directory.is_dir():
+            shutil.rmtree(directory)  # a failed first export leaves nothing behind
+        elif start_created and (directory / START_DIR).is_dir():
+            shutil.rmtree(directory / START_DIR)
         raise
-    spec["flops_per_pixel"] = _flops_per_pixel(net)
+    if not sr:
+        spec["h_zero_is_no_h"] = without_h
+    spec["flops_per_pixel"] = network_flops_per_pixel(net, config)
     spec["exported_from"] = str(model)
     spec["versions"] = {"flowsr": flowsr.__version__, "torch": torch.__version__.split("+")[0],
                         "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     payload = {**json.loads(config.to_json()), "onnx": spec}
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     atomic_write(directory / "config.json", lambda p: p.write_text(text))
+    return spec
+
+
+def _export_start(source: Path, config, target: Path, opset: int | None, dtype: str, depth: int):
+    """Export the start network of the model at ``source`` into ``target`` (an ONNX start is copied); returns
+    ``config`` naming it ``"start"`` with its ``model.onnx``'s SHA-256. The start is checked first by
+    :func:`flowsr.pipeline.load_start` (it exists, kind, scale, checksum, depth)."""
+    from flowsr.pipeline import load_start
+
+    load_start(source, config, device="cpu", dtype="fp32", _depth=depth)
+    start = start_path(source, config.start)
+    if is_onnx_dir(start):
+        shutil.copytree(start, target, dirs_exist_ok=True)
+    else:  # a bundled start is recorded by its name
+        export(config.start if start == bundled_models().get(config.start) else start, target, opset, dtype,
+               _depth=depth + 1)
+    return dataclasses.replace(config, start=START_DIR, start_sha256=weights_sha256(target))
+
+
+def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: Path, opset: int | None,
+                  dtype: str) -> dict:
+    """Trace ``net`` (float32, or a float16 copy) with dynamic batch, height and width and write it to ``path``,
+    checked (onnx.checker, one ONNX Runtime call against torch); returns the graph's ``"onnx"`` section."""
+    sr = config.kind == "sr"
+    m = 1 if sr else net.size_multiple
+    export_net = net if dtype == "float32" else load_model_dir(source)[0].half()
+    image_dtype = torch.float32 if dtype == "float32" else torch.float16
+    # distinct example tensors of distinct sizes: aliased or equal-sized inputs would be merged by the tracer
+    generator = torch.Generator().manual_seed(0)
+    image_axes = {0: "batch", 2: "height", 3: "width"}
+    if sr:  # the LR image; inputs below the ESA's minimum side are padded inside the graph
+        example = (torch.rand(2, 3, 20, 24, generator=generator).to(image_dtype),)
+        names, output, dynamic = list(SR_INPUTS), SR_OUTPUT, {SR_INPUTS[0]: image_axes}
+    else:
+        export_net = _Network(export_net)
+        example = (torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype),
+                   torch.rand(2, generator=generator), torch.rand(2, generator=generator),
+                   torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype))
+        names, output = list(INPUTS), OUTPUT
+        dynamic = {"x": image_axes, "t": {0: "batch"}, "h": {0: "batch"}, "cond": image_axes}
+    try:
+        with _quiet():
+            program = torch.onnx.export(export_net.eval(), example, dynamo=True, input_names=names,
+                                        output_names=[output], dynamic_shapes=dynamic, opset_version=opset,
+                                        verbose=False, external_data=False)
+    except Exception as error:  # the exporter's failures come in many types; report one line
+        raise ValueError(f"{source}: torch.onnx.export failed ({one_line(error)})") from error
+    spec = sr_graph_spec(config, dtype) if sr else graph_spec(config, dtype, m)
+
+    def write(temporary: Path) -> None:
+        program.save(str(temporary))
+        _name_output_axes(onnx, temporary, spec["outputs"][0]["shape"])
+        try:
+            onnx.checker.check_model(str(temporary), full_check=True)
+        except onnx.checker.ValidationError as error:
+            raise ValueError(f"{ONNX_FILE}: onnx.checker rejects the exported graph ({one_line(error)}); "
+                             "nothing written") from None
+        proto = onnx.load(str(temporary), load_external_data=False)
+        spec["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        try:
+            spec["check"] = sr_parity(net, temporary, ort) if sr else parity(net, temporary, ort, m)
+        except Exception as error:  # onnxruntime's exceptions subclass Exception directly
+            raise ValueError(f"{path}: onnxruntime cannot run the exported {dtype} graph ({one_line(error)}); "
+                             "nothing written") from None
+        difference = spec["check"]["max_abs_diff"]
+        if dtype == "float32" and not difference <= PARITY_TOLERANCE:
+            raise ValueError(f"{path}: ONNX Runtime differs from torch by {difference:.3g} "
+                             f"(> {PARITY_TOLERANCE:g}); nothing written")
+
+    atomic_write(path, write)
     return spec
 
 
@@ -170,12 +254,27 @@ def parity(net: torch.nn.Module, path: Path, ort, multiple: int) -> dict:
             "mean_abs_diff": float(difference.mean())}
 
 
-def _name_output_axes(onnx, path: Path) -> None:
-    """Declare the output (batch, 3, height, width), as the inputs: the exporter spells its height as the
-    U-Net's down- and upsampling arithmetic, equal to the input's for the sizes the graph accepts."""
+def sr_parity(net: torch.nn.Module, path: Path, ort) -> dict:
+    """:func:`parity` of an SR network's graph ``sr = net(lq)``: one call at a size and batch other than the
+    traced ones, one side below the ESA's minimum (padded inside the graph)."""
+    lq = torch.rand(1, 3, 13, 18, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = net(lq).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    difference = np.abs(session.run([SR_OUTPUT], {SR_INPUTS[0]: lq.numpy().astype(dtype)})[0].astype(np.float32)
+                        - reference)
+    return {"shape": list(lq.shape), "max_abs_diff": float(difference.max()),
+            "mean_abs_diff": float(difference.mean())}
+
+
+def _name_output_axes(onnx, path: Path, shape: list) -> None:
+    """Declare the output's axes as the graph section states them (the U-Net's (batch, 3, height, width), as
+    its inputs): the exporter spells the U-Net's height as its down- and upsampling arithmetic, equal to the
+    input's for the sizes the graph accepts."""
     proto = onnx.load(str(path))
-    for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
-        if name is not None:
+    for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim, shape):
+        if isinstance(name, str):
             dim.dim_param = name
     onnx.save(proto, str(path))
 
@@ -187,15 +286,6 @@ def _h_zero_is_no_h(net: torch.nn.Module) -> bool:
     x, cond = torch.randn(1, 3, side, side), torch.randn(1, 3, side, side)
     with torch.no_grad():
         return torch.equal(net(x, torch.full((1,), 0.5), cond), net(x, torch.full((1,), 0.5), cond, torch.zeros(1)))
-
-
-def _flops_per_pixel(net: torch.nn.Module) -> float:
-    """FLOPs of one network call per output pixel (the bench's FLOP count for ONNX models)."""
-    side = net.size_multiple * math.ceil(64 / net.size_multiple)
-    x = torch.zeros(1, 3, side, side)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, torch.zeros(1), x, h=torch.zeros(1))
-    return counter.get_total_flops() / side**2
 
 
 @contextlib.contextmanager
@@ -214,4 +304,4 @@ def _quiet():
             logger.setLevel(level)
 
 
-__all__ = ["export", "parity", "graph_spec", "PARITY_TOLERANCE"]
+__all__ = ["export", "parity", "sr_parity", "graph_spec", "sr_graph_spec", "PARITY_TOLERANCE"]

@@ -26,8 +26,14 @@ What no request can do (each is a test in ``tests/test_serve.py``, listed in REL
   taken when the automatic ones do not fit; what fits with none is refused with 413 and a sentence.
   Queued jobs are files on disk, not decoded images; one upload is decoded (checked) at a time.
 - **Hold unbounded bytes.** Request bodies are streamed to files in 256 KiB chunks; at most
-  ``max_uploads`` bodies are received at once and ``max_connections`` connections served (503
-  beyond); a connection that sends nothing for 60 s is dropped.
+  ``max_uploads`` bodies are received at once and ``max_connections`` connections served.
+- **Be held by slow clients.** A request's line and headers must arrive within 10 s; an upload (and a
+  result's download) must average 16 KiB/s once 10 s old; a watchdog thread drops the others (408).
+  A connection beyond ``max_connections`` takes the place of the one waiting longest for its headers or
+  of one slower than that rate; an upload beyond ``max_uploads`` takes a slow upload's slot. Only when
+  every place is held by a real request is the answer 503.
+- **Be read two ways.** ``Host``, ``Origin`` or ``Content-Length`` given twice, ``Transfer-Encoding``,
+  and HTTP/1.1 without ``Host`` are a 400; a request line or headers over 64 KiB a 431.
 - **Act for a foreign page.** Only the page's own origin may call the API: a request whose
   ``Origin`` is not ``http://<Host>`` (``null`` included), or that a browser marks cross-site, is
   refused (403); on a loopback address the Host must be a loopback name too (against DNS
@@ -35,10 +41,11 @@ What no request can do (each is a test in ``tests/test_serve.py``, listed in REL
 - **Outlive its cancellation.** ``DELETE`` and shutdown (SIGTERM, SIGINT) stop the running job at
   its next tile or network layer; the server then removes its temporary folder and exits 0.
 
-The standard library, not uvicorn + starlette: each bound above is a few lines here (a semaphore, a
-chunked read, a socket timeout), the hard ones (memory, cancellation, shutdown) live in the job
-worker whatever serves the HTTP, uvicorn has no timeout for a stalled request body, and the page
-keeps working offline with no dependency beyond flowsr's own.
+The standard library, not uvicorn + starlette or aiohttp: each bound above is a few lines here (a
+semaphore, a chunked read, a watchdog that shuts a slow connection's socket), the hard ones (memory,
+cancellation, shutdown) live in the job worker whatever serves the HTTP, uvicorn has no minimum rate
+for a request body, and the page keeps working offline with no dependency beyond flowsr's own.
+Measured with ``benchmarks/serve_load.py --hostile`` (RELIABILITY.md).
 
 One worker thread runs the jobs in order, so concurrent users share each model safely. The result
 keeps the input's mode (greyscale, alpha, 16-bit), as ``flowsr upscale`` writes it, and the same
@@ -79,8 +86,14 @@ MAX_STEPS = 256
 CHUNK = 256 << 10  # bytes read or written at a time
 DRAIN_LIMIT = 1 << 30  # a refused body up to this is read and dropped, so the client sees the answer
 STALL_SECONDS = 60  # a connection that sends nothing this long is dropped
+HEADER_SECONDS = 10  # a request's line and headers must arrive within this (from the connection or the last answer)
+MIN_RATE = 16 << 10  # bytes/s an upload (or a result's download) must average once it is RATE_GRACE s old
+RATE_GRACE = 10.0
+WATCH_SECONDS = 0.25  # how often the watchdog looks at the connections
 HEADER_BYTES = 64 << 10  # request line and headers together, at most (http.server alone allows 6.5 MB)
 CONNECTION_BYTES = 1 << 20  # memory set aside per connection (thread stack, header and chunk buffers)
+FOLDER_PREFIX = "flowsr-serve-"  # the server's temporary folder, in the system's temporary directory
+LOCK_NAME = ".alive"  # held (flock) in that folder while the server lives
 MIN_JOB_MEMORY = 128 << 20  # less room than this for a job: the server refuses to start
 SMALLEST_TILE = 32  # tiles are halved down to this side to fit the memory budget
 
@@ -162,8 +175,9 @@ class App:
         self.checking = threading.Lock()  # one upload decoded at a time
         self.uploads = threading.BoundedSemaphore(max_uploads)
         self.stopping = False
-        self.folder = Path(tempfile.mkdtemp(prefix="flowsr-serve-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self._alive = _hold_lock(self.folder / LOCK_NAME)  # tells a live server's folder from a killed one's
         self.worker = threading.Thread(target=self._work, name="flowsr-serve-worker", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -184,6 +198,8 @@ class App:
         if self.worker.is_alive():
             self.worker.join(timeout)
         self._remove_folder()
+        if self._alive is not None:
+            self._alive.close()
 
     # -- what the page asks ----------------------------------------------------------------------
     def info(self) -> dict:
@@ -231,9 +247,11 @@ class App:
             raise RequestError(503, "the queue is full; try again in a moment")
 
     @contextlib.contextmanager
-    def upload_slot(self):
-        """Hold one of the ``max_uploads`` slots for receiving a body; RequestError (503) when none is free."""
-        if not self.uploads.acquire(blocking=False):
+    def upload_slot(self, make_room=None):
+        """Hold one of the ``max_uploads`` slots for receiving a body; when none is free, ``make_room()`` may
+        drop a slow upload (then its slot is waited for, up to 2 s); RequestError (503) when none is free."""
+        if not self.uploads.acquire(blocking=False) and not (make_room and make_room()
+                                                              and self.uploads.acquire(timeout=2.0)):
             raise RequestError(503, f"{self.max_uploads} uploads are already arriving; try again in a moment")
         try:
             yield
@@ -250,7 +268,7 @@ class App:
         ``upload``: the file's bytes, or a file in :attr:`folder` the job then owns (it is removed
         on refusal). Raises RequestError: 400 settings, 413 too large, 415 not an image, 503 busy.
         """
-        from flowsr.io import ImageReadError, read_image_bytes
+        from flowsr.io import ImageReadError, read_image
 
         path = upload if isinstance(upload, Path) else self.new_file()
         try:
@@ -261,7 +279,7 @@ class App:
             model = self.models[model_name]
             with self.checking:
                 try:
-                    image = read_image_bytes(path.read_bytes(), name, max_pixels=self.max_pixels)
+                    image = read_image(path, max_pixels=self.max_pixels, name=name)  # read as it decodes
                 except ImageReadError as error:
                     message = str(error).replace("(pass --allow-large to override)",
                                                  "(the server's limit is flowsr serve --max-megapixels)")
@@ -349,11 +367,11 @@ class App:
                 _clear_resize_cache()
 
     def _process(self, job: Job) -> None:
-        from flowsr.io import read_image_bytes, write_image_rows
+        from flowsr.io import read_image, write_image_rows
         from flowsr.pipeline import image_seed
 
         model = self.models[job.model]
-        image = read_image_bytes(job.upload.read_bytes(), job.name, max_pixels=self.max_pixels)
+        image = read_image(job.upload, max_pixels=self.max_pixels, name=job.name)
         job.upload.unlink()
         height, width = image.rgb.shape[-2:]
         job.tiles_total = _tile_count(height, job.tile, self.tile_overlap) * _tile_count(
@@ -465,6 +483,49 @@ class App:
                 _remove(job)
 
 
+def _hold_lock(path: Path):
+    """Create ``path`` and hold an ``flock`` on it for as long as the returned file is open (this process's
+    life); None where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path, "wb")  # noqa: SIM115 (kept open on purpose)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def remove_stale_folders(parent: Path | None = None) -> list[tuple[Path, int]]:
+    """Delete the temporary folders that killed servers left in ``parent`` (default: the system's temporary
+    directory): this user's ``flowsr-serve-*`` folders whose lock no live server holds. Returns each folder
+    removed and the bytes it held."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if not (entry.name.startswith(FOLDER_PREFIX) and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.getuid()):
+                continue
+            try:
+                fd = os.open(Path(entry.path) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # no lock file: not made by this version, or being created; left alone
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its server is alive
+                size = sum(f.stat().st_size for f in Path(entry.path).iterdir() if f.is_file())
+                shutil.rmtree(entry.path)
+                removed.append((Path(entry.path), size))
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    return removed
+
+
 def _remove(job: Job) -> None:
     """Delete the job's files (its upload and result)."""
     for path in (job.upload, job.result):
@@ -544,6 +605,20 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.rfile = _HeaderLimit(self.rfile, HEADER_BYTES)
+        self.state = self.server.state_of(self.request)
+
+    def handle_one_request(self):
+        """One request; its line and headers must arrive within :data:`HEADER_SECONDS` (the watchdog drops the
+        connection otherwise), and together be at most :data:`HEADER_BYTES` (431)."""
+        self.state.enter("headers")
+        self.rfile.left = HEADER_BYTES
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line itself (http.server answers long headers itself)
+            self.close_connection = True
+            self.command, self.request_version, self.requestline, self.path = "", "HTTP/1.0", "", ""
+            with contextlib.suppress(OSError):
+                self._json({"error": f"request line and headers over {HEADER_BYTES} bytes"}, 431)
 
     def do_GET(self):
         self._handle(self._get)
@@ -559,6 +634,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, route) -> None:
         try:
+            self.state.enter("work")  # Dropped (an OSError) if the watchdog took the connection meanwhile
+            self._check_headers()
             self._check_origin()
             try:
                 url = urllib.parse.urlsplit(self.path)
@@ -606,7 +683,7 @@ class Handler(BaseHTTPRequestHandler):
         self.unread = self._content_length(app.max_upload_bytes)
         app.check(params)  # refuse bad settings before the body arrives
         app.check_room()
-        with app.upload_slot():
+        with app.upload_slot(make_room=self.server.drop_slow_upload):  # a trickling upload gives way
             path = app.new_file()
             try:
                 self._receive(path)
@@ -624,6 +701,17 @@ class Handler(BaseHTTPRequestHandler):
         self._send(b"", "text/plain", status=204)
 
     # -- request and response plumbing -----------------------------------------------------------
+    def _check_headers(self) -> None:
+        """400 for headers that two parties could read differently: HTTP/1.1 without ``Host``, ``Host``,
+        ``Origin`` or ``Content-Length`` given twice, a body sent with ``Transfer-Encoding``."""
+        if self.request_version == "HTTP/1.1" and self.headers.get("Host") is None:
+            raise RequestError(400, "an HTTP/1.1 request needs a Host header")
+        for key in ("Host", "Origin", "Content-Length", "Sec-Fetch-Site"):
+            if len(self.headers.get_all(key) or ()) > 1:
+                raise RequestError(400, f"the {key} header is given more than once")
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise RequestError(400, "Transfer-Encoding is not supported; send the body with a Content-Length")
+
     def _check_origin(self) -> None:
         """Only the page's own origin may use the server: a malformed Host or Origin is a 400; an Origin
         other than ``http://<Host>`` (``null`` included), a browser's cross-site POST or DELETE, and on a
@@ -666,28 +754,36 @@ class Handler(BaseHTTPRequestHandler):
         return length
 
     def _receive(self, path: Path) -> None:
-        """Stream the body into ``path``, :data:`CHUNK` bytes at a time."""
+        """Stream the body into ``path``, up to :data:`CHUNK` bytes at a time, as it arrives (the watchdog
+        drops it, with a 408, when it averages less than :data:`MIN_RATE`)."""
         length = self.unread
+        self.state.enter("body")
         with path.open("wb") as handle:
             while self.unread:
                 try:
-                    chunk = self.rfile.read(min(self.unread, CHUNK))
+                    chunk = self.rfile.read1(min(self.unread, CHUNK))
                 except TimeoutError:
                     self.unread = 0
                     raise RequestError(408, f"upload stalled: no data for {self.timeout:g} s") from None
                 if not chunk:
                     received, self.unread = length - self.unread, 0
+                    if self.state.dropped:
+                        raise RequestError(408, self.state.dropped)
                     raise RequestError(400, f"upload cut short: got {received} of {length} bytes")
                 handle.write(chunk)
                 self.unread -= len(chunk)
+                self.state.moved += len(chunk)
+        self.state.enter("work")
 
     def _drain(self) -> None:
         """Read and drop the rest of a refused body (so the client reads our answer), unless absurdly large."""
         if self.unread > DRAIN_LIMIT:
             return
-        with contextlib.suppress(OSError):
-            while self.unread > 0 and (chunk := self.rfile.read(min(self.unread, CHUNK))):
+        with contextlib.suppress(OSError):  # Dropped included: a slow body is not waited for
+            self.state.enter("body")
+            while self.unread > 0 and (chunk := self.rfile.read1(min(self.unread, CHUNK))):
                 self.unread -= len(chunk)
+                self.state.moved += len(chunk)
         self.unread = 0
 
     def _json(self, payload: dict, status: int = 200) -> None:
@@ -702,6 +798,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, data: bytes, content_type: str, headers: dict | None = None, status: int = 200) -> None:
+        with contextlib.suppress(Dropped):
+            self.state.enter("answer")  # a client that does not read its answers is dropped
         self._headers(content_type, len(data), headers, status)
         if self.command != "HEAD" and status not in (204, 304):
             self.wfile.write(data)
@@ -713,21 +811,77 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(404, "the result was just deleted") from None
         with handle:
             self._headers(content_type, os.fstat(handle.fileno()).st_size, headers, 200)
-            if self.command != "HEAD":
-                shutil.copyfileobj(handle, self.wfile, CHUNK)
+            self.state.enter("answer")  # a reader slower than MIN_RATE is dropped
+            while self.command != "HEAD" and (chunk := handle.read(CHUNK)):
+                self.wfile.write(chunk)
+                self.state.moved += len(chunk)
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         if self.server.verbose:
             super().log_message(format, *args)
 
     def log_request(self, code="-", size="-"):
-        if self.server.verbose or (isinstance(code, int) and code >= 400):
-            self.server.app.log(f'{self.command} {self.path.split("?")[0][:200]} -> {int(code)}')
+        if self.server.verbose or (isinstance(code, int) and code >= 400):  # (a bad request line sets no path)
+            path = (getattr(self, "path", "") or "").split("?")[0][:200]
+            self.server.app.log(f'{getattr(self, "command", "") or "-"} {path} -> {int(code)}')
+
+
+class Dropped(ConnectionAbortedError):
+    """The watchdog took this connection (too slow, or its place went to a newer one)."""
+
+
+class ConnectionState:
+    """What the watchdog knows of one connection: its ``phase`` (headers: waiting for a request's line and
+    headers; body: receiving an upload; work: the server is at work on the request; answer: sending a
+    result), since when (``since``), the bytes moved in that phase (``moved``) and why it was dropped."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.lock = sock, threading.Lock()
+        self.phase, self.since, self.moved = "headers", time.monotonic(), 0
+        self.dropped: str | None = None
+
+    def enter(self, phase: str) -> None:
+        """Start ``phase``; raises :class:`Dropped` if the connection was dropped meanwhile."""
+        with self.lock:
+            if self.dropped:
+                raise Dropped(self.dropped)
+            self.phase, self.since, self.moved = phase, time.monotonic(), 0
+
+    def slow(self, now: float, grace: float) -> str | None:
+        """Why the connection may be dropped at ``now``: its headers are late, or once ``grace`` s into an
+        upload or a download it averages less than :data:`MIN_RATE`. None: it may not."""
+        age = now - self.since
+        if self.phase == "headers" and age > HEADER_SECONDS:
+            return f"request headers not complete after {HEADER_SECONDS} s"
+        if self.phase in ("body", "answer") and age > grace and self.moved < MIN_RATE * age:
+            what = "upload" if self.phase == "body" else "download"
+            return f"{what} too slow: {self.moved} bytes in {age:.0f} s (at least {MIN_RATE >> 10} KiB/s)"
+        return None
+
+    def drop(self, reason: str) -> bool:
+        """Take the connection from its thread, unless the server is at work on its request: a late request
+        gets a 408 here; an upload's read ends (its thread answers 408 with ``reason``); a download's write
+        fails. Returns whether it was dropped."""
+        with self.lock:
+            if self.dropped or self.phase == "work":
+                return False
+            self.dropped, phase = reason, self.phase
+        with contextlib.suppress(OSError):
+            if phase == "headers":
+                body = json.dumps({"error": reason}).encode()
+                # never blocks: a socket with a timeout is non-blocking underneath
+                os.write(self.sock.fileno(), b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            self.sock.shutdown(socket.SHUT_RD if phase == "body" else socket.SHUT_RDWR)
+        return True
 
 
 class Server(ThreadingHTTPServer):
     """A threading HTTP server holding the :class:`App`: one daemon thread per connection, at most
-    ``app.max_connections`` at once (a short 503 beyond)."""
+    ``app.max_connections`` at once. A watchdog thread drops connections whose request headers are late
+    or whose upload or download is slower than :data:`MIN_RATE`; a new connection beyond the limit takes
+    the place of one waiting for its headers (the oldest) or of one slower than that rate, and gets a
+    short 503 only when every connection is busy with a real request."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -736,10 +890,55 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: App, verbose: bool = False):
         self.app, self.verbose = app, verbose
         self.loopback = _is_loopback(address[0])
-        self.connections = threading.BoundedSemaphore(app.max_connections)
+        self.states: dict[int, ConnectionState] = {}  # id(socket) -> its state, for the live connections
+        self.states_lock = threading.Lock()
+        self.closed = threading.Event()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+        threading.Thread(target=self._watch, name="flowsr-serve-watchdog", daemon=True).start()
+
+    def state_of(self, request) -> ConnectionState:
+        with self.states_lock:
+            return self.states[id(request)]
+
+    def _live(self) -> int:
+        """Connections not dropped (states_lock held); a dropped one stays listed until its thread ends."""
+        return sum(1 for state in self.states.values() if not state.dropped)
+
+    def _watch(self) -> None:
+        while not self.closed.wait(WATCH_SECONDS):
+            now = time.monotonic()
+            with self.states_lock:
+                states = list(self.states.values())
+            for state in states:
+                reason = state.slow(now, RATE_GRACE)
+                if reason:
+                    state.drop(reason)
+
+    def _make_room(self, phases: tuple[str, ...], why: str) -> bool:
+        """Drop the connection that least deserves its place (states_lock held): the oldest waiting for its
+        headers, else the slowest upload or download under :data:`MIN_RATE` (one second in). Returns
+        whether one was dropped."""
+        now = time.monotonic()
+        live = [s for s in self.states.values() if not s.dropped]
+        waiting = sorted((s for s in live if s.phase == "headers" and "headers" in phases), key=lambda s: s.since)
+        slow = sorted((s for s in live if s.phase in phases and s.phase != "headers" and s.slow(now, 1.0)),
+                      key=lambda s: s.moved / max(now - s.since, 1e-9))
+        for state in waiting + slow:
+            reason = state.slow(now, 1.0) or f"request headers not complete after {now - state.since:.0f} s"
+            if state.drop(f"{reason}; {why}"):
+                return True
+        return False
+
+    def drop_slow_upload(self) -> bool:
+        """Drop the slowest upload under :data:`MIN_RATE` so that a new one can take its slot."""
+        with self.states_lock:
+            return self._make_room(("body",), "its upload slot went to another upload")
+
+    def server_close(self):
+        self.closed.set()
+        super().server_close()
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]
@@ -747,21 +946,34 @@ class Server(ThreadingHTTPServer):
             self.app.log(f"error on a connection from {client_address[0]}: {error!r}")
 
     def process_request(self, request, client_address):
-        if not self.connections.acquire(blocking=False):
+        with self.states_lock:
+            full = self._live() >= self.app.max_connections
+            if full and not self._make_room(("headers", "body", "answer"), "the server needed the connection"):
+                admitted = False
+            else:
+                self.states[id(request)] = ConnectionState(request)
+                admitted = True
+        if not admitted:
             _refuse(request)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.connections.release()
+            self._forget(request)
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.connections.release()
+            self._forget(request)
+
+    def _forget(self, request) -> None:
+        with self.states_lock:
+            state = self.states.get(id(request))
+            if state is not None and state.sock is request:
+                del self.states[id(request)]
 
     @property
     def url(self) -> str:
@@ -847,6 +1059,8 @@ def _is_loopback(host: str) -> bool:
 
 def add_parser(subparsers):
     """Add ``serve`` to the ``flowsr`` command's subparsers; returns the new parser."""
+    from flowsr.settings import option
+
     parser = subparsers.add_parser("serve", help="a local web page to try the models",
                                    description="Serve a local web page to upscale images with the models.")
     parser.add_argument("--model", action="append", default=None, metavar="M",
@@ -861,10 +1075,11 @@ def add_parser(subparsers):
     parser.add_argument("--max-memory-gb", type=float, default=2.0,
                         help="memory the server may use in all, models included (default 2); a job whose "
                              "estimated peak does not fit beside the models is refused")
-    parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels; 0: automatic, as for "
+    parser.add_argument("--tile", type=option("tile"), default=0, help="LR tile size in pixels; 0: automatic, as for "
                         "flowsr upscale (256-pixel tiles for inputs over 512x512 pixels or with a side over "
-                        "2048); -1: never tile. Tiles are halved while a job does not fit --max-memory-gb")
-    parser.add_argument("--tile-overlap", type=int, default=16, help="LR overlap between tiles")
+                        "2048); -1: never tile; else 16 to 8192. Tiles are halved while a job does not fit "
+                        "--max-memory-gb")
+    parser.add_argument("--tile-overlap", type=option("tile-overlap"), default=16, help="LR overlap between tiles")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -885,6 +1100,8 @@ def run(args) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     memory.return_freed_memory()  # the resident memory then follows the jobs' estimates
+    for folder, size in remove_stale_folders():
+        log(f"note: removed {folder} ({size / 2**20:.1f} MB), the temporary folder of a flowsr serve that was killed")
     specs = list(dict.fromkeys(args.model or [default_model(), "bicubic"]))
     if not all(0 < value < math.inf for value in (args.max_upload_mb, args.max_megapixels, args.max_memory_gb)):
         print("error: --max-upload-mb, --max-megapixels and --max-memory-gb must be positive numbers", file=sys.stderr)
@@ -920,8 +1137,11 @@ def run(args) -> int:
         signals.append(signum)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `&`)
+        # SIGINT also when started with it ignored (a shell's `&`); SIGHUP unless ignored (nohup)
+        for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"):
+            number = getattr(signal, name, None)
+            if number is not None and (name != "SIGHUP" or signal.getsignal(number) is not signal.SIG_IGN):
+                signal.signal(number, stop)
     try:
         app.start()
         if not server.loopback:

@@ -6,6 +6,7 @@ neither a file nor an argument can ask for a run that never ends or returns NaN.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,44 @@ MAX_GUIDANCE = 20.0  # classifier-free guidance scale w (1 = off)
 MAX_SCALE = 8  # super-resolution factor
 KNOB_KINDS = ("oftsr", "meanflow")  # the model kinds with a fidelity-realism knob t
 ONE_STEP_KINDS = ("bicubic", "regression", "oftsr", "sr")
+
+# Every number a command-line option takes, (lowest, highest), both allowed; checked by the parser, before
+# anything runs (flowsr.config.TRAIN_RANGES bounds the training config's keys). --tile also takes -1 (never
+# tile) and 0 (automatic), but nothing from 1 to MIN_TILE - 1 (a tile that small runs for ever).
+OPTION_RANGES = {
+    "threads": (0, 256), "tile": (-1, 8192), "tile-overlap": (0, 512), "seed": (0, 2**63 - 1),
+    "scale": (1, MAX_SCALE), "steps": (1, MAX_STEPS), "reference-steps": (1, MAX_STEPS), "fid-patch": (8, 4096),
+    "shard-size": (1, 1 << 20), "size": (8, 16384), "batch": (1, 1024), "repeat": (1, 100_000), "rounds": (1, 100),
+    "crop": (8, 2048), "ort-threads": (0, 256), "opset": (18, 99),
+    "t": (0.0, 1.0), "guidance": (0.0, MAX_GUIDANCE),
+}
+MIN_TILE = 16
+
+
+def option(name: str, kind: type = int, many: bool = False):
+    """argparse type for option ``--name``: a ``kind`` (int or float) in ``OPTION_RANGES[name]``, or with
+    ``many`` a comma-separated list of them; the parser's error says the range."""
+    low, high = OPTION_RANGES[name]
+    bounds = f"[{low}, {high}]" if kind is int else f"[{low:g}, {high:g}]"
+    noun = ("integers" if kind is int else "numbers") if many else ("an integer" if kind is int else "a number")
+    what = f"{'a list of ' if many else ''}{noun} in {bounds}"
+    if name == "tile":
+        what = f"-1 (never tile), 0 (automatic) or an integer in [{MIN_TILE}, {high}]"
+
+    def one(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high or (name == "tile" and 0 < value < MIN_TILE):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text.strip()!r}")
+        return value
+
+    def parse(text: str):
+        return [one(v) for v in text.split(",") if v.strip()] if many else one(text)
+
+    parse.__name__ = f"{name} option"
+    return parse
 
 
 @dataclass

@@ -74,7 +74,10 @@ def build_loss(cfg: TrainConfig, teacher=None):
 
 def start_cache_dir(sha: str) -> Path | None:
     """Where the start images of one start network are kept between runs (``$FLOWSR_CACHE``, else
-    ``~/.cache/flowsr``); None for the bicubic start."""
+    ``~/.cache/flowsr``; ``FLOWSR_CACHE=off``: not kept, e.g. on a fresh GPU machine); None for the bicubic
+    start."""
+    if os.environ.get("FLOWSR_CACHE") == "off":
+        return None
     root = Path(os.environ.get("FLOWSR_CACHE") or Path.home() / ".cache" / "flowsr")
     return root / f"start-{sha[:16]}" if sha else None
 
@@ -288,6 +291,42 @@ def _alive(pid: str) -> bool:
     return True
 
 
+# what a resumed run may change: limits, logging, the end of the LR schedule, and how it runs (not what it learns)
+RESUMABLE_CHANGES = {"max_steps", "time_limit", "lr_min_ratio", "log_every", "val_every", "val_images", "val_data",
+                     "ckpt_every", "device", "amp", "compile", "channels_last", "deterministic", "data_mode",
+                     "data_memory_mb", "num_workers"}
+
+
+def check_resume(cfg: TrainConfig, checkpoint: Path) -> None:
+    """ValueError naming the first setting that differs from the checkpoint's run, unless it is one of
+    :data:`RESUMABLE_CHANGES` (a changed objective, scale or network would train another task, and write
+    a config.json that no command can load). Reads only the checkpoint's JSON header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(checkpoint), "pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("meta", "{}")).get("config")
+    except (SafetensorError, OSError, ValueError, AttributeError):
+        return  # load_training_checkpoint reports an unreadable checkpoint
+    if not isinstance(saved, dict):
+        return  # a checkpoint from before the config was stored
+
+    def flat(config: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in config.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    now, before = flat(json.loads(json.dumps(asdict(cfg)))), flat(saved)
+    changed = [key for key in now if key not in RESUMABLE_CHANGES and key in before and now[key] != before[key]]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ValueError(f"{checkpoint}: --resume cannot change {key}{more}: the run has {before[key]!r}, this run "
+                         f"asks {now[key]!r}; resume with the settings of {checkpoint.parent / 'train_config.json'} "
+                         "(only limits, logging and the LR schedule's end may change), or start a new --out")
+
+
 class RunInUse(RuntimeError):
     """Another ``flowsr train`` holds the run directory's lock."""
 
@@ -376,6 +415,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                  f"set start={start_of(cfg.init, init_cfg)}")
         cfg.net = copy.deepcopy(init_cfg.net)
         before = {k: init_cfg.training.get(f"{k}_total", init_cfg.training.get(k, 0)) for k in before}
+    if resume:
+        check_resume(cfg, checkpoint_path)  # before anything is built or written
+    from flowsr.memory import check_training
+
+    check_training(cfg, device)  # a step that cannot fit is refused in one line, not OOM-killed
     net = UNet(cfg.net)
     # weights: the init model's when given, else a student's teacher's
     if init is not None or teacher is not None:
@@ -388,7 +432,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
             teacher = teacher.to(memory_format=torch.channels_last)
     if cfg.fast and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the few fp32 matmuls left outside autocast
-        torch.backends.cudnn.benchmark = not cfg.deterministic  # static shapes: pick the fastest kernels once
     ema = copy.deepcopy(net).requires_grad_(False)
     optimizer = make_optimizer(cfg, net)
     start_net, start_sha = load_start_network(cfg, device)  # frozen: the flow's start, computed per batch
@@ -416,6 +459,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
                                       num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                       start_net=start_fn if degrade is None else None, scale=cfg.scale,
                                       start_cache=start_cache_dir(start_sha), device=device if cfg.fast else None)
+    if cfg.fast and device.type == "cuda":  # after the start images, whose sizes all differ
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # static shapes: pick the fastest kernels once
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -451,8 +496,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         bad = [(step, value) for (step, _), value in zip(pending, losses, strict=True) if not math.isfinite(value)]
         pending.clear()
         if bad:
-            raise TrainingDiverged(f"loss is {bad[0][1]} at step {bad[0][0]}; the last good checkpoint "
-                                   f"({checkpoint_path}) is kept")
+            kept = (f"the last good checkpoint ({checkpoint_path}) is kept" if checkpoint_path.exists()
+                    else "no checkpoint was written yet; lower lr or check the data")
+            raise TrainingDiverged(f"loss is {bad[0][1]} at step {bad[0][0]}; {kept}")
 
     def save(step: int, wall: float) -> None:
         check_finite()  # a diverged run never overwrites the last good checkpoint

@@ -9,6 +9,7 @@ subprocess with an address-space cap and a time limit, so they fail instead of t
 import contextlib
 import copy
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +349,28 @@ def test_a_killed_upscale_leaves_a_temporary_that_the_next_run_removes(tmp_path,
         capsys.readouterr().out
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_during_an_upscale_removes_its_temporary(tmp_path, sig):
+    """issue 23.5: as Ctrl-C (was: SIGTERM killed it, rc -15, leaving a 111 MB temporary)."""
+    source = tmp_path / "in"
+    source.mkdir()
+    PIL.Image.fromarray(RNG.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(source / "big.png")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "flowsr", "upscale", str(source), "-o", str(out),
+                                "--model", "bicubic"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and not (out.is_dir() and leftovers(out)):
+        time.sleep(0.01)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"interrupted ({signal.Signals(sig).name})"
+    assert "Traceback" not in err
+    assert out.is_dir() and leftovers(out) == [] and list(out.iterdir()) == []
+
+
 # == 12. one-line errors ==============================================================================
 
 
@@ -358,9 +382,33 @@ def test_resume_with_a_changed_network_is_one_line(tmp_path, image_folder, capsy
     err = capsys.readouterr().err
     message = error_lines(err[err.index("error: "):])
     assert len(message) == 1 and "Traceback" not in err
-    assert message[0].startswith(f"error: {out / 'checkpoint.safetensors'}: the checkpoint's network differs from "
-                                 "this run's config (")
-    assert "resume with the net.* settings of its train_config.json" in message[0]
+    assert message[0] == (f"error: {out / 'checkpoint.safetensors'}: --resume cannot change net.channels: the run "
+                          f"has 16, this run asks 32; resume with the settings of {out / 'train_config.json'} (only "
+                          "limits, logging and the LR schedule's end may change), or start a new --out")
+
+
+@pytest.mark.parametrize("change, key", [("objective=regression", "objective"), ("scale=2", "scale"),
+                                         ("seed=7", "seed"), ("lr=0.01", "lr"), ("net.num_blocks=2", "net.num_blocks")])
+def test_resume_refuses_a_changed_task_and_writes_nothing(tmp_path, image_folder, capsys, change, key):
+    """issue 23.4: objective=regression on a flow-matching run trained on and wrote a config no command could
+    load; scale=2 left config.json and train_config.json disagreeing."""
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.safetensors", "config.json",
+                                                            "train_config.json", "log.jsonl")}
+    capsys.readouterr()
+    assert _train(out, image_folder, change, "max_steps=4", resume=True) == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [error_lines(err)[0]] and f"--resume cannot change {key}: the run has " in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_resume_may_change_limits_and_logging(tmp_path, image_folder):
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 0
+    assert _train(out, image_folder, "max_steps=4", "log_every=2", "ckpt_every=4", "lr_min_ratio=0.5",
+                  "time_limit=600", "num_workers=0", resume=True) == 0
+    assert json.loads((out / "config.json").read_text())["training"]["steps"] == 4
 
 
 def test_serve_port_out_of_range_is_one_line_before_loading(capsys):
@@ -478,3 +526,300 @@ def test_the_examples_are_small_natural_images_with_their_licence():
             assert im.mode == "RGB" and min(im.size) >= 96
         pixels = np.asarray(PIL.Image.open(image), dtype=np.float64)
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5000  # a photograph, not a pattern
+
+
+# == issue 23, 1. a compressed image cannot decode larger than its declared size =====================
+
+def _grey_tile_ifd(width: int, height: int, tile: int, payload_bytes: int) -> bytes:
+    """A second TIFF directory, all values inline: grey, deflate, one tile at offset 8 (the first's data)."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+               (277, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, 8), (325, 4, 1, payload_bytes)]
+    out = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, count, value, *((0,) if kind == 3 else ()))
+    return out + struct.pack("<I", 0)
+
+
+def decoder_bombs(folder: Path) -> dict[str, Path]:
+    """TIFF files whose tags ask the decoder for far more memory than their declared image (each would
+    take 190-330 MB to read before the check), and the one-line refusal each gets."""
+    from conftest import deflate_zeros, tiff_bytes
+
+    tile = deflate_zeros(8192 * 8192 * 3)  # 190 KB -> 192 MiB
+    cases = {
+        "tile.tif": (tiff_bytes(1000, 1000, tile, tile=(8192, 8192)), "TIFF tile of 8192x8192 pixels would take"),
+        "lzw_tile.tif": (tiff_bytes(64, 64, tile, tile=(8192, 8192), compression=5), "TIFF tile of 8192x8192"),
+        "strips.tif": (tiff_bytes(1000, 1000, bytes(3000), rows_per_strip=1, compression=1, chunks=1_000_000),
+                       "TIFF lists 1000000 strips for an image of 1000"),
+        "tag.tif": (tiff_bytes(100, 100, deflate_zeros(30000), extra=[(320, 3, 4_000_000, 8)]),
+                    "TIFF tag 320 holds 4000000 numbers"),
+    }
+    paths = {}
+    for name, (data, _) in cases.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return {name: (paths[name], message) for name, (_, message) in cases.items()}
+
+
+PEAK_CODE = """
+import json, sys
+from flowsr.io import ImageReadError, read_image
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024
+rows = []
+for path in sys.argv[1:]:
+    before = hwm()
+    try:
+        image = read_image(path)
+        outcome = 'read %dx%d%s' % (image.rgb.shape[-1], image.rgb.shape[-2], ' ' + '; '.join(image.notes))
+    except ImageReadError as error:
+        outcome = 'error: %s' % error
+    rows.append((path, outcome, hwm() - before))
+print(json.dumps(rows))
+"""
+
+
+def test_decoder_bombs_are_refused_before_decoding_with_flat_memory(tmp_path):
+    bombs = decoder_bombs(tmp_path)
+    from conftest import deflate_zeros, tiff_bytes
+
+    # a real small tiled image with a tile larger than the image (as writers make them), and a multi-page
+    # TIFF whose second page is a bomb: both read, in their declared size
+    small = np.zeros((256, 256, 3), np.uint8)
+    small[:10, :10] = 200
+    (tmp_path / "small_tiled.tif").write_bytes(tiff_bytes(10, 10, zlib.compress(small.tobytes()), tile=(256, 256)))
+    bomb = deflate_zeros(8192 * 8192)
+    (tmp_path / "pages.tif").write_bytes(tiff_bytes(8, 8, bomb, tile=(16, 16), next_ifd=_grey_tile_ifd(
+        8, 8, 8192, len(bomb))))
+    # a tile in its bounds whose LZW data is garbage: libtiff's own stderr line is silenced, the error is ours
+    (tmp_path / "garbage.tif").write_bytes(tiff_bytes(64, 64, deflate_zeros(64 * 64 * 3), tile=(64, 64),
+                                                      compression=5))
+    paths = [str(path) for path, _ in bombs.values()] + [str(tmp_path / name) for name in
+                                                          ("small_tiled.tif", "pages.tif", "garbage.tif")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", PEAK_CODE, *paths], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # no libtiff line either
+    rows = {Path(path).name: (outcome, grown) for path, outcome, grown in json.loads(result.stdout)}
+    for name, (_, message) in bombs.items():
+        outcome, grown = rows[name]
+        assert outcome.startswith(f"error: {tmp_path / name}: {message}"), outcome
+        assert grown < 40, (name, grown)  # MB: refused from the tags, before Pillow builds or decodes anything
+    assert rows["small_tiled.tif"][0] == "read 10x10 "
+    assert rows["pages.tif"][0].startswith("read 8x8 animated: first frame used")
+    assert rows["pages.tif"][1] < 40
+    assert rows["garbage.tif"][0] == f"error: {tmp_path / 'garbage.tif'}: truncated or corrupt image (decoder error -2)"
+
+
+def test_a_decoder_bomb_is_one_line_through_upscale(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    bombs = decoder_bombs(tmp_path / "in")
+    png_file(tmp_path / "in" / "good.png")
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "bicubic"]) == 1
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == len(bombs) and all(line.startswith("error: ") for line in error_lines(err))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+# == issue 23, 3. flowsr export never replaces a user's files =======================================
+
+def test_export_refuses_a_non_empty_folder_that_is_not_this_model_s_export_before_any_work(tmp_path):
+    from flowsr.catalog import check_export_target
+
+    model = tiny_model(tmp_path / "m")
+    other = tiny_model(tmp_path / "other")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}\n')
+    previous = tmp_path / "previous"  # an export of the other model
+    previous.mkdir()
+    (previous / "model.onnx").write_bytes(b"onnx")
+    (previous / "config.json").write_text(json.dumps({"onnx": {"exported_from": str(other)}}))
+    for target, held in [(user, "config.json"), (previous, "config.json, model.onnx")]:
+        started = time.monotonic()
+        code, torch_imported, err = _torch_imported_after(["export", str(model), "-o", str(target)])
+        assert code == 1 and not torch_imported, err
+        assert err == (f"error: {target}: not empty and not an export of {model} (it holds {held}); choose a new "
+                       "or empty -o, or pass --force to replace its model.onnx and config.json\n")
+        assert time.monotonic() - started < 10  # (the export itself takes ~18 s)
+    assert (user / "config.json").read_text() == '{"mine": true}\n'
+    # a previous export of the same model may be refreshed; --force writes anywhere but a torch model
+    (previous / "config.json").write_text(json.dumps({"onnx": {"exported_from": str(model)}}))
+    check_export_target(str(model), previous)
+    check_export_target(str(model), user, force=True)
+    with pytest.raises(ValueError, match="holds a torch model"):
+        check_export_target(str(model), other, force=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        check_export_target(str(model), tmp_path / "file")
+
+
+# == issue 23, 7. every number has a stated range, checked before work starts =========================
+
+@pytest.mark.parametrize("args, message", [
+    (["upscale", "a.png", "-o", "o", "--threads", "100000"], "argument --threads: must be an integer in [0, 256], "
+                                                             "got '100000'"),  # was: a segfault
+    (["upscale", "a.png", "-o", "o", "--threads", "-3"], "argument --threads: must be an integer in [0, 256]"),
+    (["upscale", "a.png", "-o", "o", "--tile", "1"], "argument --tile: must be -1 (never tile), 0 (automatic) or an "
+                                                     "integer in [16, 8192], got '1'"),  # was: ran for ever
+    (["upscale", "a.png", "-o", "o", "--tile-overlap", "-5"], "--tile-overlap: must be an integer in [0, 512]"),
+    (["upscale", "a.png", "-o", "o", "--seed", "-1"], "--seed: must be an integer in [0, 9223372036854775807]"),
+    (["eval", "--data", "d", "--steps", "4,0"], "argument --steps: must be a list of integers in [1, 1000], got '0'"),
+    (["eval", "--data", "d", "--t", "0.5,nan"], "argument --t: must be a list of numbers in [0, 1], got 'nan'"),
+    (["eval", "--data", "d", "--fid-patch", "100000"], "argument --fid-patch: must be an integer in [8, 4096]"),
+    (["degrade", "-i", "a", "-o", "b", "--scale", "9"], "argument --scale: must be an integer in [1, 8]"),
+    (["bench", "--size", "64,100000"], "argument --size: must be a list of integers in [8, 16384]"),
+    (["bench", "--batch", "0"], "argument --batch: must be an integer in [1, 1024]"),
+    (["serve", "--tile", "3"], "argument --tile: must be -1 (never tile), 0 (automatic) or an integer in [16, 8192]"),
+    (["shard", "a", "-o", "b", "--shard-size", "0"], "argument --shard-size: must be an integer in [1, 1048576]"),
+])
+def test_every_option_is_checked_against_its_range_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log_every=0", "log_every must be in [1, 1e+09], got 0"),  # was: a traceback after the first steps
+    ("ckpt_every=0", "ckpt_every must be in [1, 1e+09], got 0"),
+    ("crop=-64", "crop must be in [8, 2048], got -64"),
+    ("net.channels=0", "net.channels must be in [1, 1024], got 0"),
+    ("net.channel_mult=1,0", "net.channel_mult must be in [1, 16], got 0"),
+    ("lr=1e30", "lr must be in [0, 1], got 1e+30"),  # was: "the last good checkpoint is kept" (there was none)
+    ("batch_size=1000000", "batch_size must be in [1, 4096], got 1000000"),  # was: OOM-killed without a word
+    ("val_images=-1", "val_images must be in [0, 10000], got -1"),
+])
+def test_every_config_key_is_checked_before_the_run_starts(tmp_path, image_folder, capsys, override, message):
+    out = tmp_path / "run"
+    assert _train(out, image_folder, override) == 1
+    assert error_lines(capsys.readouterr().err) == [f"error: invalid config: {message}"]
+    assert not out.exists()
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path, image_folder, capsys, monkeypatch):
+    import flowsr.train as train_module
+
+    real = train_module.build_loss
+
+    def build_loss(cfg, teacher=None):
+        loss_fn = real(cfg, teacher)
+        return lambda net, batch: (loss_fn(net, batch)[0] * math.nan, {})
+
+    monkeypatch.setattr(train_module, "build_loss", build_loss)
+    out = tmp_path / "run"
+    assert _train(out, image_folder) == 1
+    assert error_lines(capsys.readouterr().err)[-1] == ("error: loss is nan at step 0; no checkpoint was written yet; "
+                                                         "lower lr or check the data")
+
+
+# == issue 23, 8. model files are bounded and checked as strictly as images ===========================
+
+def _bad_model(directory: Path, case: str) -> tuple[Path, str]:
+    """A model directory broken as ``case`` says, and the error line upscale, serve and export give for it."""
+    tiny_model(directory)
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    if case == "deep_json":  # was: a RecursionError traceback
+        config.write_text("[" * 100_000 + "]" * 100_000)
+        return directory, f"error: {config}: not valid JSON (nested more than 32 deep)"
+    if case == "nested_40":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "training": json.loads("[" * 40 + "]" * 40)}))
+        return directory, f"error: {config}: not valid JSON (nested more than 32 deep)"
+    if case == "huge_config":  # was: 1 GB accepted, 2.2 GB peak
+        config.write_text(json.dumps({**json.loads(config.read_text()), "training": {"notes": "x" * (2 << 20)}}))
+        return directory, f"error: {config}: larger than 1048576 bytes; not a flowsr config.json"
+    if case == "long_integer":  # was: Python's own message, without the file's name
+        config.write_text(config.read_text().replace('"scale": 4', '"scale": ' + "9" * 5000))
+        return directory, f"error: {config}: not valid JSON (Exceeds the limit (4300 digits) for integer string"
+    if case in ("config_fifo", "weights_fifo"):  # was: "missing"
+        target = config if case == "config_fifo" else weights
+        target.unlink()
+        os.mkfifo(target)
+        return directory, f"error: {target}: not a regular file (a FIFO)"
+    if case in ("config_folder", "weights_folder"):
+        target = config if case == "config_folder" else weights
+        target.unlink()
+        target.mkdir()
+        return directory, f"error: {target}: not a regular file (a folder)"
+    raise ValueError(case)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Fail (instead of hanging) when the block runs over ``seconds``, e.g. blocked reading a FIFO."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("case", ["deep_json", "nested_40", "huge_config", "long_integer", "config_fifo",
+                                  "weights_fifo", "config_folder", "weights_folder"])
+def test_bad_model_files_are_one_line_in_upscale_serve_and_export(tmp_path, case, capsys):
+    model, message = _bad_model(tmp_path / "m", case)
+    image = png_file(tmp_path / "a.png")
+    commands = [["upscale", image, "-o", tmp_path / "out", "--model", model],
+                ["serve", "--model", model, "--port", "0"]]
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):  # the onnx extra
+        commands.append(["export", model, "-o", tmp_path / "onnx"])
+    for args in commands:
+        with time_limit(60):  # a FIFO read by mistake would block
+            code = main([str(arg) for arg in args])
+        lines = error_lines(capsys.readouterr().err)
+        assert code == 1 and len(lines) == 1 and lines[0].startswith(message), (args[0], lines)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "onnx").exists()
+
+
+# == issue 23, 6. training memory is estimated before the run, large images read without the spike ====
+
+def test_a_training_step_that_cannot_fit_is_refused_before_it_starts(tmp_path, image_folder, capsys):
+    out = tmp_path / "run"  # was (batch_size=1000000): OOM-killed without a word
+    assert _train(out, image_folder, "batch_size=4096", "crop=512") == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: a training step of batch_size=4096 crops of 512px "
+                                                   "needs about ")
+    assert lines[0].endswith("available; lower batch_size or crop")
+    assert list(out.iterdir()) == []
+
+
+def _big_png(path: Path, height: int, width: int) -> Path:
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[::7, ::5] = 200
+    PIL.Image.fromarray(pixels).save(path, compress_level=1)
+    return path
+
+
+def test_training_data_that_cannot_fit_is_refused(tmp_path, capsys, monkeypatch):
+    import flowsr.memory
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _big_png(data / "big.png", 4000, 4000)
+    monkeypatch.setattr(flowsr.memory, "available_bytes", lambda: 120 << 20)  # a small machine
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-teacher", "--out", str(out), *TINY_OVERRIDES, f"data={data}",
+                 "data_mode=memory", "max_steps=2"]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"error: {data}: the training data needs about 0.19 GB (0.04 GB of images in memory, and "
+                     f"{data / 'big.png'} (4000x4000) decoded at once), more than the 0.12 GB available; use "
+                     "data_mode=stream, fewer num_workers, or smaller images"]
+
+
+def test_a_large_training_image_is_read_without_the_float_decode_spike(tmp_path):
+    """An 8000x8000 PNG took 2201 MB to read as a training image (float planes); now 609 MB."""
+    path = _big_png(tmp_path / "big.png", 4000, 4000)
+    code = ("import sys\nfrom flowsr.data import Item, read_item\n"
+            "def hwm(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+            f"before = hwm(); image = read_item(Item({str(path)!r}, 0, -1, 4000, 4000, 'big.png'), 64)\n"
+            "print(tuple(image.shape), int(image[0, 0, 0]), int(image[0, 1, 0]), (hwm() - before) // 1024)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    shape, first, second, grown = result.stdout.rsplit(")", 1)[0] + ")", *result.stdout.rsplit(")", 1)[1].split()
+    assert shape == "(3, 4000, 4000)" and (int(first), int(second)) == (200, 0), result.stderr
+    assert int(grown) < 12 * 16, grown  # MB: 10 bytes a pixel (was 35)

@@ -1,8 +1,9 @@
 """ONNX export and the ONNX Runtime backend: parity with torch, the pipeline's features, CLI, serve, bench,
 the dependency-free example script, and the errors a user sees.
 
-Exported once per module: four tiny random networks (one per model kind, two architectures) and every
-model in flowsr/weights/ (whatever the bundle holds).
+Exported once per module: four tiny random networks (one per model kind, two architectures), a tiny
+MeanFlow student starting from the bundled BSRN (its export holds BSRN's in start/), two tiny SR networks,
+and every model in flowsr/weights/ (whatever the bundle holds).
 """
 
 import importlib.util
@@ -20,10 +21,11 @@ from conftest import SHARED, make_image
 from PIL import Image
 
 import flowsr
+from flowsr.catalog import read_config_json, weights_sha256
 from flowsr.checkpoint import ModelLoadError, save_model_dir
 from flowsr.cli import main
 from flowsr.config import ModelConfig
-from flowsr.nets import NetConfig, UNet
+from flowsr.nets import NetConfig, SRNetConfig, UNet, build_sr_net
 from flowsr.pipeline import Settings, _SourceNoise, bundled_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,8 @@ SET5_LR = SHARED / "test" / "Set5" / "LR_bicubic" / "X4" / "birdx4.png"
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason='needs the onnx extra: pip install "flowsr[onnx]"')
 BUNDLED = list(bundled_models())
+BUNDLED_SR = [name for name, path in bundled_models().items() if read_config_json(path)["kind"] == "sr"]
+BUNDLED_FLOW = [name for name in BUNDLED if name not in BUNDLED_SR]
 LEVEL = 1 / 255
 
 # two small architectures covering every code path of the network: attention, pixel-unshuffle patches,
@@ -162,9 +166,13 @@ def test_one_network_call_matches_torch(tiny, kind):
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_model_network_call_matches_torch(bundled_onnx, name):
     torch_net, onnx_net = flowsr.load(name).net, flowsr.load(bundled_onnx(name)).net
-    x, t, h, cond = net_inputs(onnx_net.size_multiple, batch=2)
     with torch.no_grad():
-        assert max_diff(onnx_net(x, t, cond, h), torch_net(x, t, cond, h)) <= 1e-4
+        if name in BUNDLED_SR:
+            lq = torch.rand(2, 3, 11, 23, generator=torch.Generator().manual_seed(0))
+            assert max_diff(onnx_net(lq), torch_net(lq)) <= 1e-4
+        else:
+            x, t, h, cond = net_inputs(onnx_net.size_multiple, batch=2)
+            assert max_diff(onnx_net(x, t, cond, h), torch_net(x, t, cond, h)) <= 1e-4
 
 
 # -- through the pipeline ----------------------------------------------------------------------------
@@ -365,7 +373,7 @@ def test_readme_ten_lines_run_without_flowsr_and_match_the_example_script(tiny, 
 
 
 @needs_onnx
-@pytest.mark.parametrize("name", BUNDLED[:1])
+@pytest.mark.parametrize("name", BUNDLED_FLOW[:1])
 def test_example_script_with_a_bundled_model_matches_flowsr_given_the_same_noise(bundled_onnx, name):
     exported = bundled_onnx(name)
     rgb = make_image(np.random.default_rng(7), 32, 40)
@@ -461,3 +469,176 @@ def test_torch_only_options_are_refused_for_onnx_models(tiny):
     if not torch.cuda.is_available():
         with pytest.raises((ModelLoadError, ValueError), match="CUDA"):
             flowsr.load(exported, device="cuda")
+
+
+# -- SR networks (kind sr) and a flow model's start network ------------------------------------------------
+
+# measured max abs differences of an output in [0, 1], ONNX Runtime vs torch (float32), with margin
+SR_TOLERANCE = 1e-4  # bsrn-x4 and rlfn-x4: 2e-6 on Set5 bird, 1.6e-5 on random 13-pixel-high images (padded)
+STARTED_TOLERANCE = 1e-4  # bsrn-x4 then a tiny student, 1 to 4 steps: 3e-6 on Set5 bird, 1.6e-5 on random images
+
+
+def tiny_sr_model(directory: Path, arch: str) -> Path:
+    """A tiny random feed-forward SR network of ``arch`` (bsrn or rlfn), kind sr."""
+    torch.manual_seed(1)
+    sr_net = SRNetConfig(arch=arch, channels=16, blocks=1)
+    save_model_dir(directory, build_sr_net(sr_net, 4), ModelConfig(kind="sr", scale=4, net=None, sr_net=sr_net,
+                                                                     name=f"tiny-{arch}"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """(torch model directory, its ONNX export) of a tiny MeanFlow student whose start network is bsrn-x4."""
+    if not HAS_ONNX:
+        pytest.skip('needs the onnx extra: pip install "flowsr[onnx]"')
+    from flowsr.onnx_export import export
+
+    base = tmp_path_factory.mktemp("started")
+    tiny_model(base / "student", "meanflow")
+    config = ModelConfig.from_dict(json.loads((base / "student" / "config.json").read_text()))
+    config.start, config.start_sha256 = "bsrn-x4", weights_sha256(bundled_models()["bsrn-x4"])
+    (base / "student" / "config.json").write_text(config.to_json())
+    export(base / "student", base / "exported")
+    return base / "student", base / "exported"
+
+
+@needs_onnx
+def test_sr_export_is_lq_to_sr_with_dynamic_axes_its_licence_and_flops(started):
+    import onnx
+
+    exported = started[1] / "start"  # bsrn-x4's own export
+    graph = onnx.load(str(exported / "model.onnx")).graph
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in [*graph.input, *graph.output]}
+    assert shapes == {"lq": ["batch", 3, "height", "width"], "sr": ["batch", 3, "4*height", "4*width"]}
+    data = json.loads((exported / "config.json").read_text())
+    spec = data.pop("onnx")
+    bundled = bundled_models()["bsrn-x4"]
+    assert ModelConfig.from_dict(data) == ModelConfig.from_dict(json.loads((bundled / "config.json").read_text()))
+    assert spec["outputs"][0]["shape"] == ["batch", 3, "4*height", "4*width"] and spec["inputs"][0]["range"] == [0, 1]
+    assert spec["check"]["max_abs_diff"] <= SR_TOLERANCE and "h_zero_is_no_h" not in spec
+    assert (exported / "LICENSE").read_bytes() == (bundled / "LICENSE").read_bytes()
+    from flowsr.bench import flops_per_pixel
+
+    assert spec["flops_per_pixel"] == pytest.approx(flops_per_pixel(flowsr.load("bsrn-x4", device="cpu"), 128))
+
+
+@needs_onnx
+def test_sr_export_runs_through_the_pipeline_like_torch(started):
+    from flowsr.onnx_backend import OnnxSRNet
+
+    by_torch, by_onnx = flowsr.load("bsrn-x4", device="cpu"), flowsr.load(started[1] / "start")
+    assert by_onnx.backend == "onnxruntime" and isinstance(by_onnx.net, OnnxSRNet)
+    assert by_onnx.nfe(Settings()) == 1
+    lq = torch.rand(2, 4, 13, 20, generator=torch.Generator().manual_seed(3))  # RGB + alpha, one side below 15
+    for tile in (0, 16):
+        expected = by_torch.upscale_tensor(lq, tile=tile, tile_overlap=4)
+        got = by_onnx.upscale_tensor(lq, tile=tile, tile_overlap=4)
+        assert got.shape == (2, 4, 52, 80) and max_diff(got, expected) <= SR_TOLERANCE, tile
+    assert max_diff(by_onnx.predict(lq[:, :3]), by_torch.predict(lq[:, :3])) <= SR_TOLERANCE
+
+
+@needs_onnx
+@pytest.mark.parametrize("arch", ["bsrn", "rlfn"])
+def test_tiny_sr_networks_export_in_float32_and_float16(arch, tmp_path):
+    from flowsr.onnx_export import export
+
+    source = tiny_sr_model(tmp_path / arch, arch)
+    torch_model = flowsr.load(source, device="cpu")
+    lq = torch.rand(1, 3, 17, 9, generator=torch.Generator().manual_seed(4))
+    expected = torch_model.net(lq)
+    for dtype, tolerance in (("float32", SR_TOLERANCE), ("float16", 0.01)):
+        spec = export(source, tmp_path / dtype, dtype=dtype)
+        model = flowsr.load(tmp_path / dtype)
+        difference = max_diff(model.net(lq), expected)
+        assert spec["dtype"] == dtype and 0 <= difference <= tolerance and spec["check"]["max_abs_diff"] <= tolerance
+    assert not (tmp_path / "float32" / "LICENSE").exists()  # a model without a licence file gets none
+
+
+@needs_onnx
+def test_started_export_runs_without_torch_weights_and_matches_torch(started, tmp_path):
+    import shutil
+
+    source, exported = started
+    copy = tmp_path / "elsewhere" / "student-onnx"
+    shutil.copytree(exported, copy)
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*")) == [
+        "config.json", "model.onnx", "start", "start/LICENSE", "start/config.json", "start/model.onnx"]
+    config = json.loads((copy / "config.json").read_text())
+    assert config["start"] == "start" and config["start_sha256"] == weights_sha256(copy / "start")
+    by_torch, by_onnx = flowsr.load(source, device="cpu"), flowsr.load(copy)
+    assert by_onnx.backend == by_onnx.start.backend == "onnxruntime" and by_torch.start.name == "bsrn-x4"
+    lq = torch.rand(1, 3, 14, 19, generator=torch.Generator().manual_seed(5))
+    for settings in (Settings(steps=1, t=0.6), Settings(steps=2)):
+        expected = by_torch.upscale_tensor(lq, settings, seed=3)
+        got = by_onnx.upscale_tensor(lq, settings, seed=3)
+        assert got.shape == (1, 3, 56, 76) and max_diff(got, expected) <= STARTED_TOLERANCE, settings
+    # the start network is used: without it (bicubic) the output is far off
+    bicubic = flowsr.load(source, device="cpu")
+    bicubic.start, bicubic.config.start = None, "bicubic"
+    assert max_diff(bicubic.upscale_tensor(lq, Settings(steps=1, t=0.6), seed=3), got) > 0.01
+
+
+@needs_onnx
+def test_started_export_without_its_start_or_with_another_one_is_refused(started, tmp_path):
+    import shutil
+
+    import onnx
+
+    copy = tmp_path / "student-onnx"
+    shutil.copytree(started[1], copy)
+    (copy / "start").rename(tmp_path / "moved")
+    with pytest.raises(ModelLoadError) as caught:
+        flowsr.load(copy)
+    message = str(caught.value)
+    assert str(copy) in message and "'start'" in message and "\n" not in message
+    (tmp_path / "moved").rename(copy / "start")
+    proto = onnx.load(str(copy / "start" / "model.onnx"))
+    proto.doc_string = "changed"  # still a valid graph, other bytes
+    onnx.save(proto, str(copy / "start" / "model.onnx"))
+    with pytest.raises(ModelLoadError, match="does not match the one it was trained on") as caught:
+        flowsr.load(copy)
+    assert "\n" not in str(caught.value)
+
+
+@needs_onnx
+def test_eval_and_bench_run_on_sr_and_started_exports(started, image_folder, tmp_path):
+    source, exported = started
+    out = tmp_path / "bench.json"
+    models = ["bsrn-x4", str(exported / "start"), str(source), str(exported)]
+    assert main(["bench", "--model", *models, "--device", "cpu", "--size", "32", "--repeat", "1",
+                 "--ort-threads", "1", "--json", str(out)]) == 0
+    gflops = [row["gflops_per_image"] for row in json.loads(out.read_text())["rows"]]
+    assert gflops[0] == pytest.approx(gflops[1]) and gflops[2] == pytest.approx(gflops[3]) and gflops[2] > gflops[0]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", *models, "--data", str(image_folder), "--metrics", "psnr",
+                 "--json", str(out)]) == 0
+    psnr = [row["metrics"]["psnr_y"] for row in json.loads(out.read_text())["results"]]
+    assert psnr[0] == pytest.approx(psnr[1], abs=1e-3) and psnr[2] == pytest.approx(psnr[3], abs=1e-3)
+
+
+@needs_onnx
+def test_export_of_a_model_whose_start_differs_is_refused_and_writes_nothing(started, tmp_path):
+    import shutil
+
+    from flowsr.onnx_export import export
+
+    source = shutil.copytree(started[0], tmp_path / "student")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "start_sha256": "0" * 64}))
+    with pytest.raises(ModelLoadError, match="does not match the one it was trained on") as caught:
+        export(source, tmp_path / "exported")
+    assert "\n" not in str(caught.value) and not (tmp_path / "exported").exists()
+
+
+@needs_onnx
+def test_example_script_runs_sr_and_started_exports_like_flowsr(started):
+    _, exported = started
+    rgb = make_image(np.random.default_rng(9), 14, 21)
+    for directory in (exported / "start", exported):  # bsrn-x4 alone, and the student starting from it
+        model = flowsr.load(directory)
+        expected = model.upscale(rgb, seed=2)
+        noise = _flowsr_noise(2, 56, 84, model.net.size_multiple)
+        got = np.asarray(_example().upscale(directory, Image.fromarray(rgb), noise=noise)).astype(np.int16)
+        assert got.shape == expected.shape == (56, 84, 3) and np.abs(got - expected).max() <= 1, directory.name

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
+from conftest import deflate_zeros, make_image, tiff_bytes
 from PIL import Image
 
 import flowsr
@@ -380,7 +380,11 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_going(served):
         (good, {"model": "tiny", "t": "1.5"}, 400, "t must be in [0, 1]"),
         (good, {"model": "tiny", "t": "lots"}, 400, "t must be a number"),
         (good, {"model": "tiny", "steps": "9999"}, 400, "steps must be at most"),
+        # a 100x100 TIFF whose one deflate tile inflates to 4096x4096 (48 MiB): refused from its tags
+        (tiff_bytes(100, 100, deflate_zeros(4096 * 4096 * 3), tile=(4096, 4096)), {"name": "bomb.tif"}, 415,
+         "bomb.tif: TIFF tile of 4096x4096 pixels would take 64 MiB to decode"),
     ]
+    peak = status_kb(process.pid, "VmHWM")
     for index, (data, params, code, message) in enumerate(cases):
         status, reply = client.submit(data, **{"name": "upload.png", **params})
         assert status == code and message in reply["error"], (params, status, reply)
@@ -391,6 +395,7 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_going(served):
     assert client.request("GET", "/api/jobs/0123abcd")[0] == 404
     assert client.request("GET", "/nowhere")[0] == 404
     assert process.poll() is None
+    assert status_kb(process.pid, "VmHWM") - peak < 32 << 10  # KB: the bomb was never decoded
 
 
 def test_concurrent_load_shares_one_model_and_memory_returns(served):
@@ -635,6 +640,36 @@ def test_malformed_host_or_origin_is_a_400_not_a_500(served):
     assert process.poll() is None
 
 
+def test_ambiguous_or_oversized_request_heads_are_refused(served):
+    """Headers two parties could read differently are a 400 (was: the first one won), and a request line over
+    64 KiB a 431 (was: no answer at all)."""
+    client, process, _ = served
+    own = urllib.parse.urlsplit(client.url).netloc
+    post = f"POST /api/jobs?name=a.png HTTP/1.1\r\nHost: {own}\r\n"
+    cases = [
+        ("GET /api/info HTTP/1.1\r\n\r\n", 400, "an HTTP/1.1 request needs a Host header"),
+        (f"GET /api/info HTTP/1.1\r\nHost: {own}\r\nHost: evil.example\r\n\r\n", 400,
+         "the Host header is given more than once"),
+        (f"GET /api/info HTTP/1.1\r\nHost: {own}\r\nOrigin: http://{own}\r\nOrigin: http://evil.example\r\n\r\n",
+         400, "the Origin header is given more than once"),
+        (post + "Content-Length: 4\r\nContent-Length: 400\r\n\r\nabcd", 400,
+         "the Content-Length header is given more than once"),
+        (post + "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\nabcd", 400,
+         "Transfer-Encoding is not supported"),
+        (f"GET /{'a' * 70_000} HTTP/1.1\r\nHost: {own}\r\n\r\n", 431, "request line and headers over 65536 bytes"),
+    ]
+    parts = urllib.parse.urlsplit(client.url)
+    for request, code, message in cases:
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+            connection.sendall(request.encode())
+            answer = answer_of(connection).decode()
+        assert answer.split()[1] == str(code) and message in answer, (request[:80], answer)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        connection.sendall(b"GET /api/info HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host
+        assert answer_of(connection).startswith(b"HTTP/1.0 200")
+    assert process.poll() is None
+
+
 def wait_for(predicate, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -644,6 +679,8 @@ def wait_for(predicate, timeout: float = 60) -> None:
 
 
 def test_delete_stops_a_running_job_between_tiles():
+    from flowsr import serve
+
     model = flowsr.load("bicubic")
     run = model._run
 
@@ -660,7 +697,8 @@ def test_delete_stops_a_running_job_between_tiles():
         short = app.submit(png_bytes(make_image(np.random.default_rng(8), 8, 8)), {"name": "short.png"})
         wait_for(lambda: short.state == "done")
         assert long.state == "cancelled" and long.tiles_done < long.tiles_total == 64
-        assert [p.name for p in app.folder.iterdir()] == [f"{short.id}.png"]  # the cancelled job left nothing
+        left = [p.name for p in app.folder.iterdir() if p.name != serve.LOCK_NAME]
+        assert left == [f"{short.id}.png"]  # the cancelled job left nothing
     finally:
         app.stop()
     assert model._run is slow and not app.folder.exists()
@@ -786,36 +824,154 @@ def test_sigterm_during_a_job_stops_it_and_exits_cleanly(tmp_path):
     assert "stopping" in log and "cancelled" in log, log
 
 
-def test_connections_beyond_the_limit_get_503_and_a_stalled_upload_is_dropped(monkeypatch):
+def test_a_killed_server_s_folder_is_removed_by_the_next_start_and_sighup_sigquit_stop_cleanly(tmp_path):
+    """issue 23.5: kill -9 left the temporary folder for ever (was also so for SIGHUP and SIGQUIT)."""
+    bases = [tmp_path / name for name in "abc"]
+    for base in bases:
+        base.mkdir()
+    for base in bases[1:]:
+        (base / "tmp").symlink_to(bases[0] / "tmp")  # one temporary directory for the three servers
+    (bases[0] / "tmp").mkdir()
+    processes = []
+    try:
+        client, process, temp, _ = start_server(bases[0])
+        processes.append(process)
+        status, reply = client.submit(rgba_png(), name="left.png")  # something in the folder
+        assert status == 202, reply
+        process.kill()
+        process.wait()
+        (killed,) = temp.glob("flowsr-serve-*")
+        _, process_b, _, log_b = start_server(bases[1])
+        processes.append(process_b)
+        assert not killed.exists()
+        assert f"/{killed.name} (" in log_b.read_text() and "a flowsr serve that was killed" in log_b.read_text()
+        _, process_c, _, log_c = start_server(bases[2])  # b is alive: its folder stays
+        processes.append(process_c)
+        assert "note: removed" not in log_c.read_text() and len(list(temp.glob("flowsr-serve-*"))) == 2
+        process_b.send_signal(signal.SIGHUP)
+        assert process_b.wait(timeout=60) == 0, log_b.read_text()
+        stop_server(process_c, temp, log_c, signal.SIGQUIT)  # exit 0, and no folder left (b's neither)
+    finally:
+        for process in processes:
+            process.kill()
+
+
+@contextlib.contextmanager
+def in_process_server(**options):
+    """A :class:`flowsr.serve.Server` with bicubic in this process: (app, host, port)."""
     from flowsr import serve
 
-    monkeypatch.setattr(serve.Handler, "timeout", 1)  # a stall of 1 s (60 s in the real server)
-    app = App({"bicubic": flowsr.load("bicubic")}, max_connections=3, max_memory=8 << 30).start()
+    messages = []
+    app = App({"bicubic": flowsr.load("bicubic")}, max_memory=8 << 30, log=messages.append, **options).start()
     server = serve.Server(("127.0.0.1", 0), app)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    host, port = server.server_address[:2]
     try:
-        stalled = socket.create_connection((host, port), timeout=10)
-        stalled.sendall(f"POST /api/jobs?name=a.png HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000\r\n\r\n"
-                        "only part of it".encode())
-        idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]  # nothing sent
-        wait_for(lambda: list(app.folder.glob("*.upload")))
-        extra = socket.create_connection((host, port), timeout=10)  # the fourth at once
-        assert extra.recv(200).startswith(b"HTTP/1.0 503 Service Unavailable")
-        answer = b"".join(iter(lambda: stalled.recv(4096), b""))  # the answer, then the server closes
-        assert answer.startswith(b"HTTP/1.0 408") and b"upload stalled: no data for 1 s" in answer
-        wait_for(lambda: not list(app.folder.glob("*.upload")))  # its partial file is removed
-        for connection in [stalled, extra, *idle]:
-            connection.close()
-        wait_for(lambda: Client(f"http://{host}:{port}").request("GET", "/api/info")[0] == 200, timeout=30)
+        yield app, *server.server_address[:2]
     finally:
         server.shutdown()
         server.server_close()
         app.stop()
+    assert not [m for m in messages if "error on a connection" in m or "internal error" in m], messages
+
+
+def answer_of(connection: socket.socket) -> bytes:
+    """Everything the server sends on ``connection`` until it closes it."""
+    return b"".join(iter(lambda: connection.recv(4096), b""))
+
+
+def upload_head(host: str, port: int, length: int) -> bytes:
+    return f"POST /api/jobs?name=a.png HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def test_idle_and_slow_connections_give_way_and_a_busy_server_says_503(monkeypatch):
+    from flowsr import serve
+
+    monkeypatch.setattr(serve, "HEADER_SECONDS", 1)  # 10 s in the real server
+    monkeypatch.setattr(serve, "RATE_GRACE", 1.0)  # 10 s
+    with in_process_server(max_connections=3) as (app, host, port):
+        # three connections that send nothing fill the server; a fourth takes the oldest one's place
+        idle = [socket.create_connection((host, port), timeout=10) for _ in range(3)]
+        time.sleep(0.1)
+        assert Client(f"http://{host}:{port}").request("GET", "/api/info")[0] == 200
+        evicted = answer_of(idle[0])
+        assert evicted.startswith(b"HTTP/1.1 408") and b"the server needed the connection" in evicted
+        # the others are dropped when their headers are late (HEADER_SECONDS), with a 408
+        started = time.monotonic()
+        late = answer_of(idle[1])
+        assert late.startswith(b"HTTP/1.1 408") and b"request headers not complete after 1 s" in late
+        assert time.monotonic() - started < 3
+        # a request line sent, the headers never finished: the same
+        partial = socket.create_connection((host, port), timeout=10)
+        partial.sendall(b"GET /api/info HTTP/1.1\r\nHost: x")
+        assert b"request headers not complete" in answer_of(partial)
+        # an upload trickling below MIN_RATE is dropped with a 408 once RATE_GRACE old; its file removed
+        trickle = socket.create_connection((host, port), timeout=10)
+        trickle.sendall(upload_head(host, port, 1000) + b"only part of it")
+        wait_for(lambda: list(app.folder.glob("*.upload")))
+        answer = answer_of(trickle)
+        assert answer.startswith(b"HTTP/1.0 408") and b"upload too slow: 15 bytes in 1 s (at least 16 KiB/s)" in answer
+        wait_for(lambda: not list(app.folder.glob("*.upload")))
+        for connection in [*idle, partial, trickle]:
+            connection.close()
+
+
+def test_a_trickling_upload_gives_its_slot_to_a_new_one(monkeypatch):
+    from flowsr import serve
+
+    monkeypatch.setattr(serve, "RATE_GRACE", 60.0)  # the watchdog alone would wait a minute
+    with in_process_server(max_uploads=1) as (app, host, port):
+        trickle = socket.create_connection((host, port), timeout=10)
+        trickle.sendall(upload_head(host, port, 1000) + b"x")
+        wait_for(lambda: list(app.folder.glob("*.upload")))
+        time.sleep(1.1)  # below MIN_RATE for over a second: it may be dropped for a new upload
+        status, reply = Client(f"http://{host}:{port}").submit(png_bytes(make_image(np.random.default_rng(0), 8, 8)),
+                                                             name="b.png")
+        assert status == 202, reply
+        answer = answer_of(trickle)
+        assert answer.startswith(b"HTTP/1.0 408") and b"its upload slot went to another upload" in answer
+        trickle.close()
+
+
+def test_trickling_clients_do_not_lock_out_the_page_or_uploads():
+    """The tester's case, shortened: 64 connections trickling header bytes and 8 uploads trickling body bytes
+    (the defaults: 64 connections, 8 uploads); /api/info answers within 1 s and a real upload is accepted."""
+    with in_process_server() as (app, host, port):
+        headers = [socket.create_connection((host, port), timeout=30) for _ in range(64)]
+        bodies = [socket.create_connection((host, port), timeout=30) for _ in range(8)]
+        for connection in headers:
+            connection.sendall(b"G")
+        for connection in bodies:
+            connection.sendall(upload_head(host, port, 10 << 20) + b"x")
+        time.sleep(1.5)  # the uploads are now over a second below MIN_RATE
+        client = Client(f"http://{host}:{port}")
+        for _ in range(3):
+            started = time.monotonic()
+            assert client.request("GET", "/api/info")[0] == 200
+            assert time.monotonic() - started < 1
+        status, reply = client.submit(png_bytes(make_image(np.random.default_rng(0), 8, 8)), name="real.png")
+        assert status == 202, reply
+        for connection in headers + bodies:
+            connection.close()
+
+
+def test_a_server_busy_with_real_requests_answers_503(monkeypatch):
+    from flowsr import serve
+
+    monkeypatch.setattr(serve, "MIN_RATE", 0)  # every upload is fast enough: none gives way
+    with in_process_server(max_connections=2) as (app, host, port):
+        uploads = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+        for connection in uploads:
+            connection.sendall(upload_head(host, port, 1000) + b"part")
+        wait_for(lambda: len(list(app.folder.glob("*.upload"))) == 2)
+        extra = socket.create_connection((host, port), timeout=10)
+        answer = answer_of(extra)
+        assert answer.startswith(b"HTTP/1.0 503 Service Unavailable") and b"too many connections" in answer
+        for connection in [*uploads, extra]:
+            connection.close()
 
 
 def test_finished_results_are_bounded_on_disk_and_the_resize_cache_is_emptied():
-    from flowsr import ops
+    from flowsr import ops, serve
 
     app = App({"bicubic": flowsr.load("bicubic")}, keep_bytes=1, max_memory=8 << 30).start()
     try:
@@ -827,6 +983,7 @@ def test_finished_results_are_bounded_on_disk_and_the_resize_cache_is_emptied():
         assert ops._weight_matrix.cache_info().currsize == 0  # matrices of each size do not pile up
         # each new job drops the finished results beyond keep_bytes (here: all but the newest finished one)
         assert [job.id in app.jobs for job in jobs] == [False, True, True]
-        assert sorted(p.name for p in app.folder.iterdir()) == sorted(f"{job.id}.png" for job in jobs[1:])
+        kept = sorted(p.name for p in app.folder.iterdir() if p.name != serve.LOCK_NAME)
+        assert kept == sorted(f"{job.id}.png" for job in jobs[1:])
     finally:
         app.stop()

@@ -24,19 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowsr.nets.bsrn import MIN_SIDE, pad_to_min_side  # ESA's input limit, the same in both networks
+
 __all__ = ["RLFN", "MIN_SIDE"]
-
-MIN_SIDE = 15  # smallest LR side ESA accepts: conv 3x3/2 (no padding) gives 7, enough for max-pool 7x7/3
-
-
-def pad_to_min_side(x: Tensor, side: int = MIN_SIDE) -> Tensor:
-    """Replicate-pad (B, C, h, w) at the bottom/right to at least ``side`` x ``side`` (zero-width if large enough).
-
-    The amounts are symbolic under ``torch.export``, so one exported graph serves every size.
-    """
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, torch.sym_max(side - w, 0), 0, torch.sym_max(side - h, 0)), mode="replicate")
-
 
 class ESA(nn.Module):
     """Enhanced spatial attention (RFANet/RFDN style, reduced): a coarse attention map from a strided,
