@@ -161,7 +161,8 @@ def train_step_flops(cfg, device: torch.device) -> float:
     net = UNet(cfg.net).to(device)
     teacher = UNet(cfg.net).to(device).requires_grad_(False).eval() if cfg.objective in ("oftsr", "meanflow") else None
     gt = torch.rand(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device) * 2 - 1
-    with FlopCounterMode(display=False) as counter:
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        torch.manual_seed(0)  # the same random draws (MeanFlow: how many rows get the JVP) for every count
         loss, _ = build_loss(cfg, teacher)(net, {"gt": gt, "cond": gt.clone()})
         loss.backward()
     return counter.get_total_flops()

@@ -22,7 +22,7 @@ ONE_STEP_KINDS = ("bicubic", "regression", "oftsr", "sr")
 OPTION_RANGES = {
     "threads": (0, 256), "tile": (-1, 8192), "tile-overlap": (0, 512), "seed": (0, 2**63 - 1),
     "scale": (1, MAX_SCALE), "steps": (1, MAX_STEPS), "reference-steps": (1, MAX_STEPS), "fid-patch": (8, 4096),
-    "shard-size": (1, 1 << 20), "size": (8, 16384), "batch": (1, 1024), "repeat": (1, 100_000),
+    "shard-size": (1, 1 << 20), "size": (8, 16384), "batch": (1, 1024), "repeat": (1, 100_000), "rounds": (1, 100),
     "crop": (8, 2048), "ort-threads": (0, 256), "opset": (18, 99),
     "t": (0.0, 1.0), "guidance": (0.0, MAX_GUIDANCE),
 }
