@@ -7,9 +7,11 @@ non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ def _words(text: str) -> list[str]:
 
 DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
 DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
+QUIET_HELP = "no progress bars (they go to stderr, and only when it is a terminal)"
+SLOW = 2.0  # seconds: a step that takes longer than this says what it is doing (on a terminal)
 
 
 def _add_runtime(parser) -> None:
@@ -67,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "over Pillow's decompression-bomb limit), and images too wide to stream in 2 GiB of rows")
     up.add_argument("--compile", default="none", metavar="MODE", help="torch.compile the network: none, default, "
                     "reduce-overhead (CUDA graphs), max-autotune (worth it for many images of one size, or tiled ones)")
+    up.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP + "; and no line per image")
     _add_runtime(up)
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="guidance of the "
                     "reference (default: the one each student was distilled with, else 1)")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
+    ev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     _add_runtime(ev)
 
     tr = commands.add_parser("train", help="train a model: flowsr train --preset NAME --out DIR k=v ...")
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="precision of the weights and image tensors (t and h stay float32)")
     ex.add_argument("--force", action="store_true", help="write into a non-empty DIR that is not a previous export "
                     "of this model (its model.onnx and config.json are replaced; its other files stay)")
+    ex.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     from flowsr import serve
 
@@ -200,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
                "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
                "serve": _serve}[args.command]
     import signal
-    import threading
 
     replaced = _stop_on_signals() if threading.current_thread() is threading.main_thread() else {}
     try:
@@ -327,7 +333,7 @@ def cmd_upscale(args) -> int:
         remove_stale_temporaries,
         write_image_rows,
     )
-    from flowsr.pipeline import auto_tile, image_seed, load
+    from flowsr.pipeline import auto_tile, image_seed, load, tile_count
 
     place, device = distributed.start(args.device, args.threads)
     say = _say if place.main else _quiet
@@ -368,7 +374,8 @@ def cmd_upscale(args) -> int:
     written, skipped, failed_here = 0, 0, []
     if targets:
         try:
-            model = load(args.model, device=device, dtype=args.dtype)
+            with _slow(f"loading {args.model}", _show_progress(args) and place.main):
+                model = load(args.model, device=device, dtype=args.dtype)
         except (RuntimeError, MemoryError) as error:  # e.g. a config.json asking for a huge network
             from flowsr.checkpoint import ModelLoadError
 
@@ -380,7 +387,7 @@ def cmd_upscale(args) -> int:
         each = f" (each of {place.world} processes)" if place.world > 1 else ""
         say(f"model {model.name} on {model.device}{each}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
-    bars = sys.stderr.isatty() and place.main  # progress bars on a terminal, one line per image otherwise
+    bars = _show_progress(args) and place.main  # progress bars on a terminal, one line per image otherwise
     begin = time.perf_counter()
     for index, (path, target) in enumerate(tqdm(mine.items(), desc="upscale", unit="img",
                                                 disable=not (bars and len(mine) > 1)), 1):
@@ -392,15 +399,15 @@ def cmd_upscale(args) -> int:
             image = read_image(path, max_pixels=max_pixels)
             height, width = image.rgb.shape[-2:]
             tile = auto_tile(height, width) if args.tile == 0 else max(args.tile, 0)
-            rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
-                                            tile_overlap=args.tile_overlap)
-            with tqdm(total=height * model.scale, desc=path.name[:40], unit="row", leave=False,
-                      disable=not bars) as image_bar:
-                write_image_rows(target, _counted(rows, image_bar), image.bit_depth, inputs=(path,),
+            with tqdm(total=tile_count(height, width, tile, args.tile_overlap), desc=path.name[:40], unit="tile",
+                      leave=False, disable=not bars) as image_bar:
+                rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
+                                                tile_overlap=args.tile_overlap, progress=_bar_progress(image_bar))
+                write_image_rows(target, rows, image.bit_depth, inputs=(path,),
                                  color=image.color)  # streamed, atomic
             for note in image.notes:
                 _say(f"note: {path}: {note}")
-            if not bars:
+            if not bars and not args.quiet:
                 _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
                      f"{height * model.scale}, {time.perf_counter() - started:.1f} s)")
             written += 1
@@ -423,11 +430,42 @@ def cmd_upscale(args) -> int:
     return EXIT_FAILED if n_failed else 0
 
 
-def _counted(rows, bar):
-    """Pass on ``rows`` (rgb, alpha) bands, advancing ``bar`` by their height."""
-    for rgb, alpha in rows:
-        yield rgb, alpha
-        bar.update(rgb.shape[-2])
+def _show_progress(args) -> bool:
+    """Progress bars go to stderr, and only when it is a terminal and ``--quiet`` is not given."""
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
+def _bar_progress(bar):
+    """A ``progress(done, total)`` callback (see :meth:`flowsr.pipeline.Upscaler.upscale_rows`) moving ``bar``."""
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total or done < bar.n:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return update
+
+
+@contextlib.contextmanager
+def _slow(what: str, show: bool):
+    """Around a step that may take long (loading a model): if it takes more than :data:`SLOW` seconds and
+    ``show``, say ``what`` on stderr when that time is reached, and how long it took at the end."""
+    begin, said = time.perf_counter(), threading.Event()
+
+    def say() -> None:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+        said.set()
+
+    timer = threading.Timer(SLOW, say)
+    timer.daemon = True
+    if show:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if said.is_set():
+            print(f"{what}: done in {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
 
 
 # -- eval ------------------------------------------------------------------------------------------
@@ -477,9 +515,13 @@ def cmd_eval(args) -> int:
                               steps=args.reference_steps, guidance=args.reference_guidance)
         if not reference.lpips:
             say(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
+    from tqdm import tqdm
+
+    show = _show_progress(args) and place.main
     rows = []
     for spec in args.model:
-        model = load(spec, device=device, dtype=args.dtype, scale=args.scale)
+        with _slow(f"loading {spec}", show):
+            model = load(spec, device=device, dtype=args.dtype, scale=args.scale)
         kind = model.config.kind if model.config else "bicubic"
         steps_list = args.steps or [None]
         t_list = (args.t or [None]) if kind in ("oftsr", "meanflow") else [None]
@@ -495,9 +537,11 @@ def cmd_eval(args) -> int:
                 if args.save:
                     tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
                     save = Path(args.save) / tag
-                rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
-                                     tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
-                                     reference=reference, place=place))
+                label = f"{model.name}" + (f" steps {steps}" if steps else "") + (f" t {t:g}" if t is not None else "")
+                with tqdm(total=len(dataset.samples), desc=label, unit="img", leave=False, disable=not show) as bar:
+                    rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
+                                         tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
+                                         reference=reference, place=place, progress=_bar_progress(bar)))
     if place.main:
         print(format_table(rows, verbose=args.verbose))
         if args.report:
@@ -685,7 +729,14 @@ def cmd_export(args) -> int:
     check_export_target(args.model, Path(args.output), args.force)  # before torch is imported: in milliseconds
     from flowsr.onnx_export import export
 
-    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force)
+    show = _show_progress(args)
+    begin = time.perf_counter()
+
+    def progress(step: str) -> None:  # export takes seconds to minutes: say each step, with the time so far
+        if show:
+            print(f"[{time.perf_counter() - begin:5.1f} s] {step}", file=sys.stderr, flush=True)
+
+    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force, progress=progress)
     check = spec["check"]
     size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
     start = json.loads((Path(args.output) / "config.json").read_text())["start"]
