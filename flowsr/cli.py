@@ -13,6 +13,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from flowsr.settings import option
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sampler", default=None, choices=["euler", "heun"], help="ODE solver of a flow teacher: "
                     "euler (1 network evaluation per step, the default) or heun (2 per step, more accurate)")
     up.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
+    up.add_argument("--outscale", type=option("outscale", float), default=None, metavar="S",
+                    help="final scale, any number in (0, 16], e.g. 2 or 3.5: the model upscales by its own scale, "
+                    "then its output is resampled with Lanczos (Pillow, float32, antialiased when shrinking) to "
+                    "S x the input's width and height, rounded half up; default: the model's scale (nothing resampled)")
+    up.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "auto"],
+                    help="output format; auto: the input's (png, jpg or webp), else png. Every format keeps "
+                    "the input's ICC profile and EXIF (orientation reset, it is applied); jpg drops alpha")
+    up.add_argument("--quality", type=option("quality"), default=95, help="JPEG / WebP quality, 1..100")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
     up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
                     "over Pillow's decompression-bomb limit), and images too wide to stream in 2 GiB of rows")
@@ -241,8 +250,9 @@ def _expected_errors() -> tuple[type, ...]:
 # -- upscale ---------------------------------------------------------------------------------------
 
 
-def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
-    """Output file for ``source``: its stem + ``suffix`` + ".png", always directly inside ``output_dir``.
+def output_path(output_dir: Path, source: Path, suffix: str, ext: str = "png") -> Path:
+    """Output file for ``source``: its stem + ``suffix`` + "." + ``ext`` (png, jpg, webp; auto: the source's
+    if it is one of those, else png), always directly inside ``output_dir``.
 
     Only the file name of ``source`` is used; path separators, control characters and undecodable
     bytes (in the name and in ``suffix``) become "_", leading dots are dropped (no hidden files, no
@@ -254,13 +264,15 @@ def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
         return "".join("_" if c in "/\\" or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
                        for c in text)
 
+    if ext == "auto":
+        ext = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}.get(Path(source).suffix.lower(), "png")
     suffix = clean(suffix)
-    room = 255 - len(f"{suffix}.png".encode())
+    room = 255 - len(f"{suffix}.{ext}".encode())
     if room < 5:
         raise ValueError(f"--suffix {suffix!r} is too long for a file name")
     stem = clean(Path(Path(source).name).stem).lstrip(".")
     stem = stem.encode()[:room].decode(errors="ignore") or "image"
-    return Path(output_dir) / f"{stem}{suffix}.png"
+    return Path(output_dir) / f"{stem}{suffix}.{ext}"
 
 
 def _say(text: str, error: bool = False) -> None:
@@ -359,7 +371,7 @@ def cmd_upscale(args) -> int:
     targets: dict[Path, Path] = {}
     owner: dict[Path, Path] = {}
     for path in paths:
-        target = output_path(output_dir, path, args.suffix)
+        target = output_path(output_dir, path, args.suffix, args.ext)
         if target.resolve() in resolved or _file_id(target) in input_ids:
             problem = f"output {target} would overwrite an input; use --suffix or another output folder"
         elif target in owner:
@@ -399,17 +411,23 @@ def cmd_upscale(args) -> int:
             image = read_image(path, max_pixels=max_pixels)
             height, width = image.rgb.shape[-2:]
             tile = auto_tile(height, width) if args.tile == 0 else max(args.tile, 0)
+            size = out_size(height, width, model.scale, args.outscale)
+            if size != (height * model.scale, width * model.scale) and not args.allow_large:
+                check_resample_memory(path, height * model.scale, width * model.scale, size)
             with tqdm(total=tile_count(height, width, tile, args.tile_overlap), desc=path.name[:40], unit="tile",
-                      leave=False, disable=not bars) as image_bar:
+                      leave=False, disable=not bars) as image_bar, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
                                                 tile_overlap=args.tile_overlap, progress=_bar_progress(image_bar))
-                write_image_rows(target, rows, image.bit_depth, inputs=(path,),
-                                 color=image.color)  # streamed, atomic
-            for note in image.notes:
-                _say(f"note: {path}: {note}")
+                if size != (height * model.scale, width * model.scale):
+                    rows = [resampled(rows, size)]  # the whole output, then Lanczos to --outscale
+                write_image_rows(target, rows, image.bit_depth, inputs=(path,), color=image.color,
+                                 quality=args.quality)  # streamed (PNG at the model's scale), atomic
+            for note in image.notes + [" ".join(str(w.message).split()) for w in caught]:
+                _say(f"note: {path}: {note.removeprefix(f'{target}: ')}")
             if not bars and not args.quiet:
-                _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
-                     f"{height * model.scale}, {time.perf_counter() - started:.1f} s)")
+                _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {size[1]}x{size[0]}, "
+                     f"{time.perf_counter() - started:.1f} s)")
             written += 1
         except (ImageReadError, ValueError, OSError, MemoryError, RuntimeError) as error:
             detail = str(error) or type(error).__name__
@@ -428,6 +446,38 @@ def cmd_upscale(args) -> int:
     sys.stdout.flush()
     distributed.finish(place)
     return EXIT_FAILED if n_failed else 0
+
+
+def out_size(height: int, width: int, scale: int, outscale: float | None) -> tuple[int, int]:
+    """The (height, width) ``flowsr upscale`` writes: the model's ``scale`` times the input, or with ``--outscale``
+    outscale x each side rounded half up, at least 1 pixel."""
+    if outscale is None:
+        return height * scale, width * scale
+    return max(1, math.floor(outscale * height + 0.5)), max(1, math.floor(outscale * width + 0.5))
+
+
+def check_resample_memory(path: Path, height: int, width: int, size: tuple[int, int]) -> None:
+    """ValueError unless the model's whole output (held for ``--outscale``'s resampling) and the resampled one fit
+    in the limit of the streamed rows (:data:`flowsr.pipeline.MAX_ROW_BUFFERS`)."""
+    from flowsr.pipeline import MAX_ROW_BUFFERS
+
+    need = 4 * 4 * (height * width + size[0] * size[1])  # float32 RGBA, before and after
+    if need > MAX_ROW_BUFFERS:
+        raise ValueError(f"{path}: --outscale holds the whole {width}x{height} output to resample it, about "
+                         f"{need / 2**30:.1f} GiB (limit {MAX_ROW_BUFFERS / 2**30:g} GiB); pass --allow-large to "
+                         "try anyway, or leave --outscale out")
+
+
+def resampled(rows, size: tuple[int, int]):
+    """The (rgb, alpha) row bands of one image, joined and resampled to ``size`` (height, width) with Lanczos."""
+    import torch
+
+    from flowsr.ops import lanczos
+
+    bands = list(rows)
+    rgb = lanczos(torch.cat([rgb for rgb, _ in bands], dim=1), size)
+    alpha = lanczos(torch.cat([alpha for _, alpha in bands], dim=1), size) if bands[0][1] is not None else None
+    return rgb, alpha
 
 
 def _show_progress(args) -> bool:

@@ -425,5 +425,9 @@ PRESETS = {
 
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        from flowsr.catalog import closest
+
+        close = closest(name, PRESETS)
+        raise ValueError(f"unknown preset {name!r}; {f'did you mean {close}? (presets: ' if close else 'choose one of: '}"
+                         f"{', '.join(PRESETS)}{')' if close else ''}")
     return PRESETS[name]()
