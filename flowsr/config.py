@@ -427,7 +427,7 @@ def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         from flowsr.catalog import closest
 
-        close = closest(name, PRESETS)
-        raise ValueError(f"unknown preset {name!r}; {f'did you mean {close}? (presets: ' if close else 'choose one of: '}"
-                         f"{', '.join(PRESETS)}{')' if close else ''}")
+        close, names = closest(name, PRESETS), ", ".join(PRESETS)
+        raise ValueError(f"unknown preset {name!r}; did you mean {close}? (presets: {names})" if close else
+                         f"unknown preset {name!r}; choose one of: {names}")
     return PRESETS[name]()

@@ -13,7 +13,8 @@ from flowsr.ops import lanczos
 
 
 def photo(path, height=15, width=22, exif=None):
-    PIL.Image.fromarray(make_image(np.random.default_rng(3), height, width)).save(path, **({"exif": exif} if exif else {}))
+    image = PIL.Image.fromarray(make_image(np.random.default_rng(3), height, width))
+    image.save(path, **({"exif": exif} if exif else {}))
     return path
 
 
