@@ -1,4 +1,4 @@
-"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | export | bench | serve``.
+"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | export | import | bench | serve``.
 
 Every command reports a bad file in one line naming it, keeps processing the other files, and exits
 non-zero if anything failed.
@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "of this model (its model.onnx and config.json are replaced; its other files stay)")
     ex.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
+    im = commands.add_parser("import", help="turn another project's SR network file into a flowsr model directory",
+                             epilog="FILE: weights of a single-image super-resolution network that spandrel "
+                             "recognises (ESRGAN, Real-ESRGAN and its Compact, SwinIR, Swin2SR, HAT, SPAN, SAFMN, DAT, ...) "
+                             "as .safetensors or .pth/.pt/.ckpt; a pickle is read with torch.load(weights_only=True) "
+                             "only, so one that holds code is refused. DIR gets model.safetensors + config.json and is "
+                             "then a model for upscale, eval, bench, serve and export, and a start network for "
+                             """training. Needs the import extra: pip install "flowsr[import]".""")
+    im.add_argument("file", help="the network's weights file")
+    im.add_argument("-o", "--output", required=True, help="model directory to write (new or empty)")
+    im.add_argument("--force", action="store_true", help="write into a non-empty DIR (its model.safetensors and "
+                    "config.json are replaced)")
+    im.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
     from flowsr import serve
 
     serve.add_parser(commands)
@@ -213,7 +226,7 @@ def _stop_on_signals() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
-               "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
+               "models": cmd_models, "export": cmd_export, "import": cmd_import, "bench": cmd_bench,
                "serve": _serve}[args.command]
     import signal
 
@@ -241,7 +254,7 @@ def _expected_errors() -> tuple[type, ...]:
 
     errors = [ModelLoadError, ValueError, OSError]
     for module, name in (("flowsr.evaluate", "DataError"), ("flowsr.perceptual", "MetricUnavailable"),
-                         ("flowsr.train", "RunInUse")):
+                         ("flowsr.train", "RunInUse"), ("flowsr.nets.imported", "NeedsSpandrel")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -793,6 +806,25 @@ def cmd_export(args) -> int:
     print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "
           f"and config.json{'' if start == 'bicubic' else f', its start network in {start}/'}; one call through "
           f"ONNX Runtime vs torch float32 at {tuple(check['shape'])}: max abs difference {check['max_abs_diff']:.2g}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from flowsr.importing import check_target
+
+    check_target(Path(args.output), args.force)  # before torch is imported
+    from flowsr.importing import import_network
+
+    show, begin = _show_progress(args), time.perf_counter()
+
+    def progress(step: str) -> None:
+        if show:
+            print(f"[{time.perf_counter() - begin:5.1f} s] {step}", file=sys.stderr, flush=True)
+
+    done = import_network(args.file, args.output, force=args.force, progress=progress)
+    print(f"wrote {args.output}: {done['name']} (spandrel {done['arch']}), x{done['scale']}, "
+          f"{done['params'] / 1e6:.2f}M parameters; flowsr's network vs spandrel's call: max abs difference "
+          f"{done['max_abs_diff']:.2g}. Use it as --model {args.output}")
     return 0
 
 
