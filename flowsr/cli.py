@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = commands.add_parser("import", help="turn another project's SR network file into a flowsr model directory",
                              epilog="FILE: weights of a single-image super-resolution network that spandrel "
-                             "recognises (ESRGAN, Real-ESRGAN, its Compact, SwinIR, Swin2SR, HAT, SPAN, SAFMN, DAT, ...) "
+                             "recognises (ESRGAN, Real-ESRGAN, SwinIR, Swin2SR, HAT, SPAN, SAFMN, DAT, ...) "
                              "as .safetensors or .pth/.pt/.ckpt; a pickle is read with torch.load(weights_only=True) "
                              "only, so one that holds code is refused. DIR gets model.safetensors + config.json and is "
                              "then a model for upscale, eval, bench, serve and export, and a start network for "
