@@ -190,3 +190,23 @@ def test_an_imported_network_is_a_flow_models_start(imported, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.start.predict(lq), descriptor(lq.clone()), atol=1e-6, rtol=0)
     assert model.upscale_tensor(lq).shape == (1, 3, 48, 40)
+
+
+def test_serve_runs_an_imported_model_and_reports_its_tiles(imported):
+    import io
+    import time
+
+    from flowsr.serve import App
+
+    app = App({"swinir": flowsr.load(imported["swinir"][0])}, tile=32, tile_overlap=4, max_memory=8 << 30).start()
+    try:
+        image = io.BytesIO()
+        PIL.Image.fromarray(make_image(np.random.default_rng(6), 70, 90)).save(image, "PNG")
+        job = app.submit(image.getvalue(), {"name": "x.png"})
+        deadline = time.monotonic() + 120
+        while job.state not in ("done", "error", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job.state == "done", job.error
+        assert job.tiles_done == job.tiles_total == 3 * 4 and job.info["output"]["width"] == 180
+    finally:
+        app.stop()

@@ -44,6 +44,8 @@ class SpandrelNet(nn.Module):
     exporter fixes at the traced size. Padded here (reflect, then replicate where reflect cannot reach, as spandrel
     pads), those pads are empty and the result is the same."""
 
+    size_multiple = 1  # any input size works (padded here)
+
     def __init__(self, descriptor):
         super().__init__()
         self.model = descriptor.model  # registered: .to(), hooks and state_dict (keys "model.*") reach it
