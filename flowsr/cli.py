@@ -29,7 +29,7 @@ def _words(text: str) -> list[str]:
 DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
 DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
 QUIET_HELP = "no progress bars (they go to stderr, and only when it is a terminal)"
-SLOW = 2.0  # seconds: a step that takes longer than this says what it is doing (on a terminal)
+SLOW = 1.0  # seconds: a step that takes longer than this says what it is doing (on a terminal)
 
 
 def _add_runtime(parser) -> None:
@@ -338,6 +338,18 @@ def _quiet(*args, **kwargs) -> None:
 def cmd_upscale(args) -> int:
     """Upscale the inputs; under torchrun each rank takes every WORLD_SIZE-th of them (see
     :mod:`flowsr.distributed`) and rank 0 prints the merged summary."""
+    import os
+
+    with contextlib.ExitStack() as loading:  # from here to the loaded model (torch's import included): said if slow
+        from flowsr.catalog import default_model
+
+        show = _show_progress(args) and os.environ.get("RANK", "0") == "0"
+        name = f"default ({default_model()})" if args.model == "default" else args.model
+        loading.enter_context(_slow(f"loading {name}", show))
+        return _upscale(args, loading)
+
+
+def _upscale(args, loading: contextlib.ExitStack) -> int:
     from flowsr.settings import Settings
 
     output_dir = Path(args.output)
@@ -399,8 +411,8 @@ def cmd_upscale(args) -> int:
     written, skipped, failed_here = 0, 0, []
     if targets:
         try:
-            with _slow(f"loading {args.model}", _show_progress(args) and place.main):
-                model = load(args.model, device=device, dtype=args.dtype)
+            model = load(args.model, device=device, dtype=args.dtype)
+            loading.close()
         except (RuntimeError, MemoryError) as error:  # e.g. a config.json asking for a huge network
             from flowsr.checkpoint import ModelLoadError
 
