@@ -55,9 +55,24 @@ def model_path(spec: str | Path) -> Path | None:
         return None
     path = bundled_models().get(spec, Path(spec))
     if not path.exists():
-        names = ", ".join(["bicubic", *bundled_models()])
-        raise ModelLoadError(f"{spec}: no such model directory or bundled model (bundled: {names})")
+        names = ["bicubic", "default", *bundled_models()]
+        close = closest(spec, names)
+        raise ModelLoadError(f"{spec}: no such model directory or bundled model"
+                             f"{f'; did you mean {close}?' if close else ''} (bundled: {', '.join(names)})")
     return path
+
+
+def closest(word: str, choices) -> str | None:
+    """The one of ``choices`` closest to a mistyped ``word`` (difflib ratio at least 0.6, case-insensitive; a
+    path's last part counts too), or None: what "did you mean" offers."""
+    import difflib
+
+    lowered = {choice.lower(): choice for choice in choices}
+    for candidate in dict.fromkeys([str(word).lower(), Path(str(word)).name.lower()]):
+        close = difflib.get_close_matches(candidate, list(lowered), n=1, cutoff=0.6)
+        if close:
+            return lowered[close[0]]
+    return None
 
 
 def check_model_dir(directory: Path) -> None:

@@ -77,6 +77,8 @@ def load_model_dir(directory: Path, device="cpu") -> tuple[torch.nn.Module, Mode
     pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
     check_regular_file(weights, "missing" + (f" (found {', '.join(pickles)}: pickle files are refused)"
                                              if pickles else ""))
+    if config.kind == "sr" and config.sr_net.arch == "spandrel":
+        return load_imported(weights, config).to(device), config
     try:
         with torch.device("meta"):  # shapes only: an absurd config.json allocates nothing
             meta = build_network(config)
@@ -91,6 +93,27 @@ def load_model_dir(directory: Path, device="cpu") -> tuple[torch.nn.Module, Mode
     net = build_network(config)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(device).eval().requires_grad_(False), config
+
+
+def load_imported(weights: Path, config: ModelConfig) -> torch.nn.Module:
+    """The network of a directory written by ``flowsr import``: its tensors (safetensors, all finite) handed to
+    spandrel, which must rebuild the architecture and scale config.json names (one-line ModelLoadError)."""
+    from flowsr.nets.imported import NeedsSpandrel, rebuild
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"{weights}: not a readable safetensors file ({' '.join(str(error).split())})") from None
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelLoadError(f"{weights}: {key} contains NaN or Inf values")
+    try:
+        return rebuild(state, config.sr_net.spandrel_arch, config.scale, weights)
+    except NeedsSpandrel as error:
+        raise ModelLoadError(f"{weights}: a {config.sr_net.spandrel_arch} network imported with spandrel; "
+                             f"loading it {error}") from None
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

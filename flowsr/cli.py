@@ -1,4 +1,4 @@
-"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | export | bench | serve``.
+"""Command line: ``flowsr upscale | eval | train | shard | degrade | models | export | import | bench | serve``.
 
 Every command reports a bad file in one line naming it, keeps processing the other files, and exits
 non-zero if anything failed.
@@ -7,10 +7,13 @@ non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
 from flowsr.settings import option
@@ -25,6 +28,8 @@ def _words(text: str) -> list[str]:
 
 DEVICE_HELP = "where the network runs; auto: CUDA when available, else the CPU"
 DTYPE_HELP = "precision of the network; auto: bf16 on CUDA, fp32 on the CPU"
+QUIET_HELP = "no progress bars (they go to stderr, and only when it is a terminal)"
+SLOW = 1.0  # seconds: a step that takes longer than this says what it is doing (on a terminal)
 
 
 def _add_runtime(parser) -> None:
@@ -62,11 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sampler", default=None, choices=["euler", "heun"], help="ODE solver of a flow teacher: "
                     "euler (1 network evaluation per step, the default) or heun (2 per step, more accurate)")
     up.add_argument("--suffix", default="", help="appended to output names, e.g. _x4")
+    up.add_argument("--outscale", type=option("outscale", float), default=None, metavar="S",
+                    help="final scale, any number in (0, 16], e.g. 2 or 3.5: the model upscales by its own scale, "
+                    "then its output is resampled with Lanczos (Pillow, float32, antialiased when shrinking) to "
+                    "S x the input's width and height, rounded half up; default: the model's scale (nothing resampled)")
+    up.add_argument("--ext", default="png", choices=["png", "jpg", "webp", "auto"],
+                    help="output format; auto: the input's (png, jpg or webp), else png. Every format keeps "
+                    "the input's ICC profile and EXIF (orientation reset, it is applied); jpg drops alpha")
+    up.add_argument("--quality", type=option("quality"), default=95, help="JPEG / WebP quality, 1..100")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
     up.add_argument("--allow-large", action="store_true", help="read images over 64 megapixels (and "
                     "over Pillow's decompression-bomb limit), and images too wide to stream in 2 GiB of rows")
     up.add_argument("--compile", default="none", metavar="MODE", help="torch.compile the network: none, default, "
                     "reduce-overhead (CUDA graphs), max-autotune (worth it for many images of one size, or tiled ones)")
+    up.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP + "; and no line per image")
     _add_runtime(up)
 
     ev = commands.add_parser("eval", help="score models on a benchmark folder")
@@ -97,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="guidance of the "
                     "reference (default: the one each student was distilled with, else 1)")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
+    ev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     _add_runtime(ev)
 
     tr = commands.add_parser("train", help="train a model: flowsr train --preset NAME --out DIR k=v ...")
@@ -132,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="precision of the weights and image tensors (t and h stay float32)")
     ex.add_argument("--force", action="store_true", help="write into a non-empty DIR that is not a previous export "
                     "of this model (its model.onnx and config.json are replaced; its other files stay)")
+    ex.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
+    im = commands.add_parser("import", help="turn another project's SR network file into a flowsr model directory",
+                             epilog="FILE: weights of a single-image super-resolution network that spandrel "
+                             "recognises (ESRGAN, Real-ESRGAN, SwinIR, Swin2SR, HAT, SPAN, SAFMN, DAT, ...) "
+                             "as .safetensors or .pth/.pt/.ckpt; a pickle is read with torch.load(weights_only=True) "
+                             "only, so one that holds code is refused. DIR gets model.safetensors + config.json and is "
+                             "then a model for upscale, eval, bench, serve and export, and a start network for "
+                             """training. Needs the import extra: pip install "flowsr[import]".""")
+    im.add_argument("file", help="the network's weights file")
+    im.add_argument("-o", "--output", required=True, help="model directory to write (new or empty)")
+    im.add_argument("--force", action="store_true", help="write into a non-empty DIR (its model.safetensors and "
+                    "config.json are replaced)")
+    im.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     from flowsr import serve
 
@@ -199,10 +228,9 @@ def _stop_on_signals() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
-               "models": cmd_models, "export": cmd_export, "bench": cmd_bench,
+               "models": cmd_models, "export": cmd_export, "import": cmd_import, "bench": cmd_bench,
                "serve": _serve}[args.command]
     import signal
-    import threading
 
     replaced = _stop_on_signals() if threading.current_thread() is threading.main_thread() else {}
     try:
@@ -228,7 +256,7 @@ def _expected_errors() -> tuple[type, ...]:
 
     errors = [ModelLoadError, ValueError, OSError]
     for module, name in (("flowsr.evaluate", "DataError"), ("flowsr.perceptual", "MetricUnavailable"),
-                         ("flowsr.train", "RunInUse")):
+                         ("flowsr.train", "RunInUse"), ("flowsr.nets.imported", "NeedsSpandrel")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -237,8 +265,9 @@ def _expected_errors() -> tuple[type, ...]:
 # -- upscale ---------------------------------------------------------------------------------------
 
 
-def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
-    """Output file for ``source``: its stem + ``suffix`` + ".png", always directly inside ``output_dir``.
+def output_path(output_dir: Path, source: Path, suffix: str, ext: str = "png") -> Path:
+    """Output file for ``source``: its stem + ``suffix`` + "." + ``ext`` (png, jpg, webp; auto: the source's
+    if it is one of those, else png), always directly inside ``output_dir``.
 
     Only the file name of ``source`` is used; path separators, control characters and undecodable
     bytes (in the name and in ``suffix``) become "_", leading dots are dropped (no hidden files, no
@@ -250,13 +279,15 @@ def output_path(output_dir: Path, source: Path, suffix: str) -> Path:
         return "".join("_" if c in "/\\" or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
                        for c in text)
 
+    if ext == "auto":
+        ext = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}.get(Path(source).suffix.lower(), "png")
     suffix = clean(suffix)
-    room = 255 - len(f"{suffix}.png".encode())
+    room = 255 - len(f"{suffix}.{ext}".encode())
     if room < 5:
         raise ValueError(f"--suffix {suffix!r} is too long for a file name")
     stem = clean(Path(Path(source).name).stem).lstrip(".")
     stem = stem.encode()[:room].decode(errors="ignore") or "image"
-    return Path(output_dir) / f"{stem}{suffix}.png"
+    return Path(output_dir) / f"{stem}{suffix}.{ext}"
 
 
 def _say(text: str, error: bool = False) -> None:
@@ -309,6 +340,18 @@ def _quiet(*args, **kwargs) -> None:
 def cmd_upscale(args) -> int:
     """Upscale the inputs; under torchrun each rank takes every WORLD_SIZE-th of them (see
     :mod:`flowsr.distributed`) and rank 0 prints the merged summary."""
+    import os
+
+    with contextlib.ExitStack() as loading:  # from here to the loaded model (torch's import included): said if slow
+        from flowsr.catalog import default_model
+
+        show = _show_progress(args) and os.environ.get("RANK", "0") == "0"
+        name = f"default ({default_model()})" if args.model == "default" else args.model
+        loading.enter_context(_slow(f"loading {name}", show))
+        return _upscale(args, loading)
+
+
+def _upscale(args, loading: contextlib.ExitStack) -> int:
     from flowsr.settings import Settings
 
     output_dir = Path(args.output)
@@ -329,7 +372,7 @@ def cmd_upscale(args) -> int:
         remove_stale_temporaries,
         write_image_rows,
     )
-    from flowsr.pipeline import auto_tile, image_seed, load
+    from flowsr.pipeline import auto_tile, image_seed, load, tile_count
 
     place, device = distributed.start(args.device, args.threads)
     say = _say if place.main else _quiet
@@ -355,7 +398,7 @@ def cmd_upscale(args) -> int:
     targets: dict[Path, Path] = {}
     owner: dict[Path, Path] = {}
     for path in paths:
-        target = output_path(output_dir, path, args.suffix)
+        target = output_path(output_dir, path, args.suffix, args.ext)
         if target.resolve() in resolved or _file_id(target) in input_ids:
             problem = f"output {target} would overwrite an input; use --suffix or another output folder"
         elif target in owner:
@@ -371,6 +414,7 @@ def cmd_upscale(args) -> int:
     if targets:
         try:
             model = load(args.model, device=device, dtype=args.dtype)
+            loading.close()
         except (RuntimeError, MemoryError) as error:  # e.g. a config.json asking for a huge network
             from flowsr.checkpoint import ModelLoadError
 
@@ -382,7 +426,7 @@ def cmd_upscale(args) -> int:
         each = f" (each of {place.world} processes)" if place.world > 1 else ""
         say(f"model {model.name} on {model.device}{each}, NFE {model.nfe(settings)} per image")
     max_pixels = None if args.allow_large else DEFAULT_MAX_PIXELS
-    bars = sys.stderr.isatty() and place.main  # progress bars on a terminal, one line per image otherwise
+    bars = _show_progress(args) and place.main  # progress bars on a terminal, one line per image otherwise
     begin = time.perf_counter()
     for index, (path, target) in enumerate(tqdm(mine.items(), desc="upscale", unit="img",
                                                 disable=not (bars and len(mine) > 1)), 1):
@@ -394,17 +438,23 @@ def cmd_upscale(args) -> int:
             image = read_image(path, max_pixels=max_pixels)
             height, width = image.rgb.shape[-2:]
             tile = auto_tile(height, width) if args.tile == 0 else max(args.tile, 0)
-            rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
-                                            tile_overlap=args.tile_overlap)
-            with tqdm(total=height * model.scale, desc=path.name[:40], unit="row", leave=False,
-                      disable=not bars) as image_bar:
-                write_image_rows(target, _counted(rows, image_bar), image.bit_depth, inputs=(path,),
-                                 color=image.color)  # streamed, atomic
-            for note in image.notes:
-                _say(f"note: {path}: {note}")
-            if not bars:
-                _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {width * model.scale}x"
-                     f"{height * model.scale}, {time.perf_counter() - started:.1f} s)")
+            size = out_size(height, width, model.scale, args.outscale)
+            if size != (height * model.scale, width * model.scale) and not args.allow_large:
+                check_resample_memory(path, height * model.scale, width * model.scale, size)
+            with tqdm(total=tile_count(height, width, tile, args.tile_overlap), desc=path.name[:40], unit="tile",
+                      leave=False, disable=not bars) as image_bar, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rows = model.upscale_image_rows(image, settings, seed=image_seed(args.seed, path.name), tile=tile,
+                                                tile_overlap=args.tile_overlap, progress=_bar_progress(image_bar))
+                if size != (height * model.scale, width * model.scale):
+                    rows = [resampled(rows, size)]  # the whole output, then Lanczos to --outscale
+                write_image_rows(target, rows, image.bit_depth, inputs=(path,), color=image.color,
+                                 quality=args.quality)  # streamed (PNG at the model's scale), atomic
+            for note in image.notes + [" ".join(str(w.message).split()) for w in caught]:
+                _say(f"note: {path}: {note.removeprefix(f'{target}: ')}")
+            if not bars and not args.quiet:
+                _say(f"[{index}/{len(mine)}] {path} -> {target} ({width}x{height} -> {size[1]}x{size[0]}, "
+                     f"{time.perf_counter() - started:.1f} s)")
             written += 1
         except (ImageReadError, ValueError, OSError, MemoryError, RuntimeError) as error:
             detail = str(error) or type(error).__name__
@@ -425,11 +475,74 @@ def cmd_upscale(args) -> int:
     return EXIT_FAILED if n_failed else 0
 
 
-def _counted(rows, bar):
-    """Pass on ``rows`` (rgb, alpha) bands, advancing ``bar`` by their height."""
-    for rgb, alpha in rows:
-        yield rgb, alpha
-        bar.update(rgb.shape[-2])
+def out_size(height: int, width: int, scale: int, outscale: float | None) -> tuple[int, int]:
+    """The (height, width) ``flowsr upscale`` writes: the model's ``scale`` times the input, or with ``--outscale``
+    outscale x each side rounded half up, at least 1 pixel."""
+    if outscale is None:
+        return height * scale, width * scale
+    return max(1, math.floor(outscale * height + 0.5)), max(1, math.floor(outscale * width + 0.5))
+
+
+def check_resample_memory(path: Path, height: int, width: int, size: tuple[int, int]) -> None:
+    """ValueError unless the model's whole output (held for ``--outscale``'s resampling) and the resampled one fit
+    in the limit of the streamed rows (:data:`flowsr.pipeline.MAX_ROW_BUFFERS`)."""
+    from flowsr.pipeline import MAX_ROW_BUFFERS
+
+    need = 4 * 4 * (height * width + size[0] * size[1])  # float32 RGBA, before and after
+    if need > MAX_ROW_BUFFERS:
+        raise ValueError(f"{path}: --outscale holds the whole {width}x{height} output to resample it, about "
+                         f"{need / 2**30:.1f} GiB (limit {MAX_ROW_BUFFERS / 2**30:g} GiB); pass --allow-large to "
+                         "try anyway, or leave --outscale out")
+
+
+def resampled(rows, size: tuple[int, int]):
+    """The (rgb, alpha) row bands of one image, joined and resampled to ``size`` (height, width) with Lanczos."""
+    import torch
+
+    from flowsr.ops import lanczos
+
+    bands = list(rows)
+    rgb = lanczos(torch.cat([rgb for rgb, _ in bands], dim=1), size)
+    alpha = lanczos(torch.cat([alpha for _, alpha in bands], dim=1), size) if bands[0][1] is not None else None
+    return rgb, alpha
+
+
+def _show_progress(args) -> bool:
+    """Progress bars go to stderr, and only when it is a terminal and ``--quiet`` is not given."""
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
+def _bar_progress(bar):
+    """A ``progress(done, total)`` callback (see :meth:`flowsr.pipeline.Upscaler.upscale_rows`) moving ``bar``."""
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total or done < bar.n:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return update
+
+
+@contextlib.contextmanager
+def _slow(what: str, show: bool):
+    """Around a step that may take long (loading a model): if it takes more than :data:`SLOW` seconds and
+    ``show``, say ``what`` on stderr when that time is reached, and how long it took at the end."""
+    begin, said = time.perf_counter(), threading.Event()
+
+    def say() -> None:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+        said.set()
+
+    timer = threading.Timer(SLOW, say)
+    timer.daemon = True
+    if show:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if said.is_set():
+            print(f"{what}: done in {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
 
 
 # -- eval ------------------------------------------------------------------------------------------
@@ -479,9 +592,13 @@ def cmd_eval(args) -> int:
                               steps=args.reference_steps, guidance=args.reference_guidance)
         if not reference.lpips:
             say(f"note: LPIPS weights missing, ref_lpips is left out ({_PIP_LPIPS})", file=sys.stderr)
+    from tqdm import tqdm
+
+    show = _show_progress(args) and place.main
     rows = []
     for spec in args.model:
-        model = load(spec, device=device, dtype=args.dtype, scale=args.scale)
+        with _slow(f"loading {spec}", show):
+            model = load(spec, device=device, dtype=args.dtype, scale=args.scale)
         kind = model.config.kind if model.config else "bicubic"
         steps_list = args.steps or [None]
         t_list = (args.t or [None]) if kind in ("oftsr", "meanflow") else [None]
@@ -497,9 +614,11 @@ def cmd_eval(args) -> int:
                 if args.save:
                     tag = f"{model.name}_steps{steps or 'default'}" + (f"_t{t:g}" if t is not None else "")
                     save = Path(args.save) / tag
-                rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
-                                     tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
-                                     reference=reference, place=place))
+                label = f"{model.name}" + (f" steps {steps}" if steps else "") + (f" t {t:g}" if t is not None else "")
+                with tqdm(total=len(dataset.samples), desc=label, unit="img", leave=False, disable=not show) as bar:
+                    rows.append(evaluate(model, dataset, settings, metrics, seed=args.seed, save=save,
+                                         tile=args.tile, keep=tuple(grid), fid_patch=args.fid_patch,
+                                         reference=reference, place=place, progress=_bar_progress(bar)))
     if place.main:
         print(format_table(rows, verbose=args.verbose))
         if args.report:
@@ -687,13 +806,39 @@ def cmd_export(args) -> int:
     check_export_target(args.model, Path(args.output), args.force)  # before torch is imported: in milliseconds
     from flowsr.onnx_export import export
 
-    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force)
+    show = _show_progress(args)
+    begin = time.perf_counter()
+
+    def progress(step: str) -> None:  # export takes seconds to minutes: say each step, with the time so far
+        if show:
+            print(f"[{time.perf_counter() - begin:5.1f} s] {step}", file=sys.stderr, flush=True)
+
+    spec = export(args.model, args.output, opset=args.opset, dtype=args.dtype, force=args.force, progress=progress)
     check = spec["check"]
     size_mb = (Path(args.output) / spec["file"]).stat().st_size / 2**20
     start = json.loads((Path(args.output) / "config.json").read_text())["start"]
     print(f"wrote {Path(args.output) / spec['file']} ({spec['dtype']}, opset {spec['opset']}, {size_mb:.1f} MB) "
           f"and config.json{'' if start == 'bicubic' else f', its start network in {start}/'}; one call through "
           f"ONNX Runtime vs torch float32 at {tuple(check['shape'])}: max abs difference {check['max_abs_diff']:.2g}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from flowsr.importing import check_target
+
+    check_target(Path(args.output), args.force)  # before torch is imported
+    from flowsr.importing import import_network
+
+    show, begin = _show_progress(args), time.perf_counter()
+
+    def progress(step: str) -> None:
+        if show:
+            print(f"[{time.perf_counter() - begin:5.1f} s] {step}", file=sys.stderr, flush=True)
+
+    done = import_network(args.file, args.output, force=args.force, progress=progress)
+    print(f"wrote {args.output}: {done['name']} (spandrel {done['arch']}), x{done['scale']}, "
+          f"{done['params'] / 1e6:.2f}M parameters; flowsr's network vs spandrel's call: max abs difference "
+          f"{done['max_abs_diff']:.2g}. Use it as --model {args.output}")
     return 0
 
 

@@ -425,5 +425,9 @@ PRESETS = {
 
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        from flowsr.catalog import closest
+
+        close, names = closest(name, PRESETS), ", ".join(PRESETS)
+        raise ValueError(f"unknown preset {name!r}; did you mean {close}? (presets: {names})" if close else
+                         f"unknown preset {name!r}; choose one of: {names}")
     return PRESETS[name]()

@@ -259,7 +259,7 @@ def _niqe(sr: np.ndarray, crop_border: int) -> float:
 def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: list[str],
              seed: int = 0, save: Path | None = None, tile: int = 0, keep: tuple[str, ...] = (),
              fid_patch: int = 64, reference: Reference | None = None,
-             place: distributed.Ranks = distributed.ONE_PROCESS) -> dict | None:
+             place: distributed.Ranks = distributed.ONE_PROCESS, progress=None) -> dict | None:
     """Run one model configuration over a dataset; returns the JSON-ready result row.
 
     Per-image metrics are averaged over images. ``fid``/``kid`` are set metrics: computed once between
@@ -273,6 +273,7 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
     calls this with its part of the set (``load_dataset(part=(rank, world))``); the per-image rows
     (whatever keys they hold), the timings and the crops for fid/kid are gathered on rank 0, which
     returns the row of the whole set, computed as one process computes it; the other ranks return None.
+    ``progress(done, total)``, if given, is called after each of this process's images is scored.
     """
     resolved = upscaler.resolve(settings)
     check_metrics(metrics)
@@ -282,7 +283,7 @@ def evaluate(upscaler: Upscaler, dataset: Dataset, settings: Settings, metrics: 
     if dataset.protocol == "no-reference" and set(metrics) - set(NO_REFERENCE_METRICS):
         raise DataError(f"{dataset.name}: no ground truth for {sorted(set(metrics) - set(NO_REFERENCE_METRICS))}")
     part = _score_part(upscaler, dataset, resolved, metrics, seed, save, tile, keep,
-                       (reference, ref_guidance) if reference is not None else None)
+                       (reference, ref_guidance) if reference is not None else None, progress)
     parts = distributed.gather(part, place)
     if parts is None:
         return None
@@ -344,7 +345,8 @@ def _against_reference(sr: np.ndarray, ref: np.ndarray, crop_border: int, device
 
 
 def _score_part(upscaler: Upscaler, dataset: Dataset, resolved: Settings, metrics: list[str], seed: int,
-                save: Path | None, tile: int, keep: tuple[str, ...], reference: tuple[Reference, float] | None) -> dict:
+                save: Path | None, tile: int, keep: tuple[str, ...], reference: tuple[Reference, float] | None,
+                progress=None) -> dict:
     """Upscale and score this process's samples: {"rows": [(index, per-image row, (sr, gt) or None)],
     "seconds": network time, "kept": {name: sr}}; (sr, gt) uint8 are kept only for set metrics.
     ``reference``: (the reference, its guidance) to score the outputs against too."""
@@ -374,6 +376,8 @@ def _score_part(upscaler: Upscaler, dataset: Dataset, resolved: Settings, metric
             kept[sample.name] = sr_uint8
         if save is not None:
             write_image(Path(save) / f"{Path(sample.name).stem}.png", sr[0].cpu())
+        if progress is not None:
+            progress(len(rows), len(dataset.samples))
     return {"rows": rows, "seconds": seconds, "kept": kept}
 
 

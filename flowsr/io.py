@@ -68,11 +68,14 @@ class ColorInfo:
     icc_profile: the ICC profile's bytes (PNG iCCP, JPEG/WebP/TIFF ICC), kept only when its colour
     space is that of the pixels ("RGB " for colour, "GRAY" for grey). gamma: PNG gAMA (e.g. 0.45455).
     chromaticity: PNG cHRM, 8 floats (white x, y, red x, y, green x, y, blue x, y). All None: sRGB.
+    exif: the source's EXIF block (camera, date, GPS, ...; TIFF bytes with Pillow's ``Exif\\0\\0`` prefix), its
+    orientation set to 1 since reading applies it; not about colour, but it travels with the pixels the same way.
     """
 
     icc_profile: bytes | None = None
     gamma: float | None = None
     chromaticity: tuple[float, ...] | None = None
+    exif: bytes | None = None
 
 
 @dataclass(eq=False)
@@ -384,7 +387,22 @@ def _color_info(im: PIL.Image.Image, grey: bool, notes: list[str]) -> ColorInfo:
     gamma = im.info.get("gamma") if im.format == "PNG" else None
     chromaticity = im.info.get("chromaticity") if im.format == "PNG" else None
     return ColorInfo(bytes(profile) if profile else None, float(gamma) if gamma else None,
-                     tuple(float(v) for v in chromaticity) if chromaticity else None)
+                     tuple(float(v) for v in chromaticity) if chromaticity else None, _exif_bytes(im, notes))
+
+
+def _exif_bytes(im: PIL.Image.Image, notes: list[str]) -> bytes | None:
+    """The EXIF block of a loaded image with its orientation set to 1 (reading applies it); None when there is
+    none or Pillow cannot rewrite it (with a note)."""
+    try:
+        exif = im.getexif()
+        if not len(exif):
+            return None
+        if 0x0112 in exif:
+            exif[0x0112] = 1
+        return exif.tobytes()
+    except Exception as error:  # a malformed EXIF block must not stop the pixels
+        notes.append(f"EXIF not kept ({' '.join(str(error).split()) or type(error).__name__})")
+        return None
 
 
 def _too_large(name: str, pixels: int | str, limit: int) -> str:
@@ -602,7 +620,7 @@ def _quantize(a: np.ndarray, bit_depth: int) -> np.ndarray:
 # -- writing ---------------------------------------------------------------------------------------
 def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
                 bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
-                overwrite: bool = True, color: ColorInfo | None = None) -> Path:
+                overwrite: bool = True, color: ColorInfo | None = None, quality: int | None = None) -> Path:
     """Write rgb (C,H,W) float in [0,1] (C=1 grey or 3 colour) and optional alpha (1,H,W) in [0,1].
 
     Values are clipped to [0,1] and rounded to uint8, or uint16 with ``bit_depth=16``. The format
@@ -610,7 +628,9 @@ def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor 
     .tif/.tiff; no extension: PNG). 16-bit is written for PNG (any channels) and greyscale TIFF
     without alpha; other targets fall back to 8-bit with a warning. JPEG and BMP cannot hold alpha:
     it is dropped with a warning. Missing parent folders are created. ``color`` (an input's ICC profile,
-    gamma and chromaticities) is written with the pixels: all of it in PNG, the ICC profile in the others.
+    gamma and chromaticities, and its EXIF) is written with the pixels: all of it in PNG, the ICC profile and
+    EXIF in JPEG, WebP and TIFF (BMP holds neither). ``quality``: JPEG and WebP quality 1..100 (default 95);
+    the lossless formats ignore it.
 
     The write is atomic: a temporary file in the same folder is written, fsynced and renamed over
     ``path``; on any error it is removed and ``path`` is left untouched.
@@ -629,13 +649,21 @@ def write_image(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor 
     if bit_depth == 16 and fmt != "PNG" and not (fmt == "TIFF" and a.shape[-1] == 1):
         warnings.warn(f"{path}: 16-bit output needs PNG (or greyscale TIFF); writing 8-bit", stacklevel=2)
         bit_depth = 8
+    if quality is not None and not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise ValueError(f"{path}: quality must be an integer in 1..100, not {quality!r}")
     if fmt == "PNG" and (bit_depth == 16 or (color and color != ColorInfo())):
         data = _png_bytes([_quantize(a, bit_depth)], color)
     else:
         im = _pil_from_hwc(a, bit_depth)
         buffer = io.BytesIO()
-        profile = {"icc_profile": color.icc_profile} if color and color.icc_profile else {}
-        im.save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}), **profile)
+        options = dict(_SAVE_OPTIONS.get(fmt, {}))
+        if quality is not None and "quality" in options:
+            options["quality"] = quality
+        if color and color.icc_profile:
+            options["icc_profile"] = color.icc_profile
+        if color and color.exif and fmt in ("JPEG", "WEBP", "TIFF"):
+            options["exif"] = color.exif
+        im.save(buffer, format=fmt, **options)
         data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)
@@ -653,7 +681,7 @@ def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.Path
 
 def write_image_rows(path: str | os.PathLike, rows: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
                      bit_depth: int = 8, *, inputs: Iterable[str | os.PathLike] = (),
-                     overwrite: bool = True, color: ColorInfo | None = None) -> Path:
+                     overwrite: bool = True, color: ColorInfo | None = None, quality: int | None = None) -> Path:
     """:func:`write_image` for an image given as row bands, top to bottom: ``(rgb, alpha)`` with rgb
     (C,n,W) float in [0,1] (C=1 or 3) and alpha (1,n,W) or None, e.g. from
     :meth:`flowsr.pipeline.Upscaler.upscale_image_rows`.
@@ -670,7 +698,7 @@ def write_image_rows(path: str | os.PathLike, rows: Iterable[tuple[torch.Tensor,
             raise ValueError(f"{path}: no rows to write")
         alpha = torch.cat([a for _, a in bands], dim=1) if bands[0][1] is not None else None
         return write_image(path, torch.cat([rgb for rgb, _ in bands], dim=1), alpha, bit_depth,
-                           inputs=inputs, overwrite=overwrite, color=color)
+                           inputs=inputs, overwrite=overwrite, color=color, quality=quality)
     _check_target(path, inputs, overwrite, bit_depth)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda handle: _write_png(handle, (_quantize(_hwc(rgb, alpha), bit_depth)
@@ -774,6 +802,8 @@ def _write_png(handle: BinaryIO, bands: Iterable[np.ndarray], color: ColorInfo |
         handle.write(_png_chunk(b"gAMA", struct.pack(">I", round(color.gamma * 100000))))
     if color and color.chromaticity and len(color.chromaticity) == 8:
         handle.write(_png_chunk(b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in color.chromaticity))))
+    if color and color.exif:  # eXIf holds the TIFF bytes without the "Exif\0\0" of JPEG's APP1
+        handle.write(_png_chunk(b"eXIf", color.exif.removeprefix(b"Exif\x00\x00")))
     compressor, pending, height, shape = zlib.compressobj(6), bytearray(), 0, None
     for band in bands:
         h, w, c = band.shape

@@ -102,7 +102,7 @@ def sr_graph_spec(config, dtype: str) -> dict:
 
 
 def export(model: str | Path, directory: str | Path, opset: int | None = None, dtype: str = "float32",
-           force: bool = False, _depth: int = 0) -> dict:
+           force: bool = False, progress=None, _depth: int = 0) -> dict:
     """Export ``model`` (bundled name or model directory) to ``directory/model.onnx`` + ``config.json``.
 
     A U-Net's graph is ``v = net(x, t, h, cond)``, a feed-forward SR network's (kind sr) ``sr = net(lq)``. A
@@ -114,8 +114,10 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     (float32: max abs difference at most :data:`PARITY_TOLERANCE`, else nothing is written). Returns the
     ``"onnx"`` section written to config.json. ``directory`` must be new, empty or a previous export of this
     model (``force``: any folder but a torch model's; :func:`flowsr.catalog.check_export_target`).
-    Raises ModelLoadError / ValueError with a one-line message.
+    ``progress(step)``, if given, is called with a few words before each step that takes long (loading,
+    tracing, checking each graph). Raises ModelLoadError / ValueError with a one-line message.
     """
+    progress = progress or (lambda step: None)
     onnx = require("onnx", "flowsr export")
     require("onnxscript", "flowsr export")
     ort = require("onnxruntime", "flowsr export")
@@ -130,6 +132,7 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     check_export_target(str(model), Path(directory), force)
     if is_onnx_dir(source):
         raise ValueError(f"{source}: already an ONNX export; export the torch model directory instead")
+    progress(f"loading {source}")
     net, config = load_model_dir(source)
     directory = Path(directory)
     if directory.resolve() == source.resolve() or (directory / "model.safetensors").exists():
@@ -144,8 +147,8 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     start_created = not (directory / START_DIR).exists()
     try:
         if config.start != "bicubic":  # first the start, checked as flowsr.load checks it
-            config = _export_start(source, config, directory / START_DIR, opset, dtype, _depth)
-        spec = _export_graph(onnx, ort, source, net, config, directory / ONNX_FILE, opset, dtype)
+            config = _export_start(source, config, directory / START_DIR, opset, dtype, _depth, progress)
+        spec = _export_graph(onnx, ort, source, net, config, directory / ONNX_FILE, opset, dtype, progress)
         if sr and config.licence and (source / config.licence).is_file():  # the weights' licence travels with them
             licence = (source / config.licence).read_bytes()
             atomic_write(directory / config.licence, lambda p: p.write_bytes(licence))
@@ -167,7 +170,7 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
     return spec
 
 
-def _export_start(source: Path, config, target: Path, opset: int | None, dtype: str, depth: int):
+def _export_start(source: Path, config, target: Path, opset: int | None, dtype: str, depth: int, progress):
     """Export the start network of the model at ``source`` into ``target`` (an ONNX start is copied); returns
     ``config`` naming it ``"start"`` with its ``model.onnx``'s SHA-256. The start is checked first by
     :func:`flowsr.pipeline.load_start` (it exists, kind, scale, checksum, depth)."""
@@ -179,12 +182,12 @@ def _export_start(source: Path, config, target: Path, opset: int | None, dtype: 
         shutil.copytree(start, target, dirs_exist_ok=True)
     else:  # a bundled start is recorded by its name
         export(config.start if start == bundled_models().get(config.start) else start, target, opset, dtype,
-               _depth=depth + 1)
+               progress=progress, _depth=depth + 1)
     return dataclasses.replace(config, start=START_DIR, start_sha256=weights_sha256(target))
 
 
 def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: Path, opset: int | None,
-                  dtype: str) -> dict:
+                  dtype: str, progress) -> dict:
     """Trace ``net`` (float32, or a float16 copy) with dynamic batch, height and width and write it to ``path``,
     checked (onnx.checker, one ONNX Runtime call against torch); returns the graph's ``"onnx"`` section."""
     sr = config.kind == "sr"
@@ -204,6 +207,7 @@ def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: P
                    torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype))
         names, output = list(INPUTS), OUTPUT
         dynamic = {"x": image_axes, "t": {0: "batch"}, "h": {0: "batch"}, "cond": image_axes}
+    progress(f"tracing {source} ({dtype}, torch.onnx.export)")
     try:
         with _quiet():
             program = torch.onnx.export(export_net.eval(), example, dynamo=True, input_names=names,
@@ -214,6 +218,7 @@ def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: P
     spec = sr_graph_spec(config, dtype) if sr else graph_spec(config, dtype, m)
 
     def write(temporary: Path) -> None:
+        progress(f"checking {path} (onnx.checker, one ONNX Runtime call against torch)")
         program.save(str(temporary))
         _name_output_axes(onnx, temporary, spec["outputs"][0]["shape"])
         try:

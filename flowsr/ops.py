@@ -170,3 +170,15 @@ def rgb_to_y(img):
         weights = torch.tensor(_Y_WEIGHTS, dtype=img.dtype, device=img.device)
         return 16.0 + torch.einsum("...chw,c->...hw", img, weights)
     return 16.0 + np.asarray(img) @ np.array(_Y_WEIGHTS)
+
+
+def lanczos(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample (C,H,W) float in [0,1] to (C,*size) with Pillow's Lanczos (a = 3) filter, in float32 per
+    plane (nothing is rounded to 8 bits); the filter widens with the scale when shrinking, so downscaling
+    is antialiased. Clamped to [0,1] (Lanczos overshoots at edges). What ``flowsr upscale --outscale`` uses."""
+    import PIL.Image
+
+    height, width = size
+    planes = [PIL.Image.fromarray(np.ascontiguousarray(plane.float().cpu().numpy()))
+              .resize((width, height), PIL.Image.Resampling.LANCZOS) for plane in img]
+    return torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in planes])).clamp_(0, 1)

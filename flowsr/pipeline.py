@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ AUTO_TILE_ABOVE = 512 * 512  # ... above this many LR pixels
 AUTO_TILE_SIDE = 2048  # ... or with a side longer than this
 MIN_TILE = 16  # out-of-memory retries halve the tile down to this side
 MAX_ROW_BUFFERS = 2 * 1024**3  # bytes the streamed rows of one image may take (see row_buffer_bytes)
+Progress = Callable[[int, int], None] | None  # progress(tiles done, tiles in all), see Upscaler.upscale_rows
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -146,7 +147,7 @@ class Upscaler:
     # -- core ----------------------------------------------------------------------------------
     @torch.no_grad()
     def upscale_tensor(self, lq: torch.Tensor, settings: Settings | None = None, seed: int = 0,
-                       tile: int = 0, tile_overlap: int = 16) -> torch.Tensor:
+                       tile: int = 0, tile_overlap: int = 16, progress: Progress = None) -> torch.Tensor:
         """Super-resolve ``lq`` (B,3,h,w) float in [0,1] to (B,3,h*scale,w*scale) float in [0,1].
 
         ``tile > 0`` runs the model on overlapping LR tiles of that side (``tile_overlap`` pixels
@@ -154,10 +155,10 @@ class Upscaler:
         The source noise is drawn on the CPU in bands of rows, each from its own seed (see
         :func:`source_noise`), so results are the same on every device and the noise is exactly the
         same with or without tiling. On CUDA out-of-memory the image is redone with tiles of half
-        the size (with a note on stderr).
+        the size (with a note on stderr). ``progress(done, total)``: see :meth:`upscale_rows`.
         """
         out = None
-        for top, rows in self.upscale_rows(lq, settings, seed, tile, tile_overlap):
+        for top, rows in self.upscale_rows(lq, settings, seed, tile, tile_overlap, progress):
             if out is None and top == 0 and rows.shape[-2] == lq.shape[-2] * self.scale:
                 return rows.to(self.device)  # untiled: one band holds everything
             if out is None:
@@ -167,20 +168,29 @@ class Upscaler:
 
     @torch.no_grad()
     def upscale_rows(self, lq: torch.Tensor, settings: Settings | None = None, seed: int = 0,
-                     tile: int = 0, tile_overlap: int = 16) -> Iterator[tuple[int, torch.Tensor]]:
+                     tile: int = 0, tile_overlap: int = 16,
+                     progress: Progress = None) -> Iterator[tuple[int, torch.Tensor]]:
         """:meth:`upscale_tensor` as a stream: yields ``(first row, rows)``, finished HR rows
         (B,C,n,W*scale) float32 in [0,1], top to bottom, so a caller can write them out without ever
         holding the whole output. ``lq`` may carry a 4th (alpha) channel, which is upscaled
         bicubically. Memory beyond the input: O(tile * scale * W * scale) when tiled.
+
+        ``progress(done, total)``, if given, is called with ``done = 0`` before the first tile and after
+        every tile (one model pass; an untiled image is one tile); an out-of-memory retry starts again at
+        0 with the new total. It may raise to stop the work (the exception propagates).
         """
         settings = self.resolve(settings or Settings())
         lq = lq.to(self.device, torch.float32)
+        count = [0, 1]  # tiles done, tiles in all
 
         def run(part: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
             sr = self._run(part[:, :3], noise, settings)
-            if part.shape[1] == 3:
-                return sr
-            return torch.cat([sr, imresize(part[:, 3:], scale=self.scale).clamp(0, 1)], dim=1)
+            if part.shape[1] != 3:
+                sr = torch.cat([sr, imresize(part[:, 3:], scale=self.scale).clamp(0, 1)], dim=1)
+            count[0] += 1
+            if progress is not None:
+                progress(*count)
+            return sr
 
         height, width = lq.shape[-2:]
         if self.max_tile and (tile <= 0 or tile > self.max_tile) and max(height, width) > self.max_tile:
@@ -196,6 +206,9 @@ class Upscaler:
         done = 0  # rows already yielded: a retry recomputes from the top but yields only the rest
         while True:
             noise = _SourceNoise(seed, lq.shape[0], width * self.scale) if self._needs_noise else None
+            count[:] = [0, tile_count(height, width, tile, tile_overlap)]
+            if progress is not None:
+                progress(*count)
             try:
                 for top, rows in _tiled_rows(lq, run, self.scale, tile, tile_overlap, noise):
                     if top + rows.shape[-2] > done:
@@ -275,15 +288,15 @@ class Upscaler:
                      notes=list(image.notes), color=image.color)
 
     def upscale_image_rows(self, image: Image, settings: Settings | None = None, seed: int = 0,
-                           tile: int = 0, tile_overlap: int = 16
+                           tile: int = 0, tile_overlap: int = 16, progress: Progress = None
                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """:meth:`upscale_image` as a stream of row bands, top to bottom: ``(rgb, alpha)`` with rgb
         (C,n,W) float in [0,1] (C=1 for greyscale input) and alpha (1,n,W) or None; what
-        :func:`flowsr.io.write_image_rows` writes."""
+        :func:`flowsr.io.write_image_rows` writes. ``progress(done, total)``: see :meth:`upscale_rows`."""
         grey = image.rgb.shape[0] == 1
         rgb = image.rgb.expand(3, -1, -1) if grey else image.rgb
         lq = rgb if image.alpha is None else torch.cat([rgb, image.alpha.to(rgb.dtype)])
-        for _, rows in self.upscale_rows(lq[None], settings, seed, tile, tile_overlap):
+        for _, rows in self.upscale_rows(lq[None], settings, seed, tile, tile_overlap, progress):
             rows = rows[0].cpu()
             sr = sum(w * c for w, c in zip(LUMA, rows[:3]))[None] if grey else rows[:3]
             yield sr.clamp(0, 1), (rows[3:].clamp(0, 1) if image.alpha is not None else None)
@@ -314,6 +327,14 @@ class Upscaler:
         from flowsr.io import to_pil
 
         return to_pil(result)
+
+
+def tile_count(height: int, width: int, tile: int, overlap: int = 16) -> int:
+    """How many model passes (tiles) :meth:`Upscaler.upscale_rows` runs on a ``height`` x ``width`` input."""
+    if tile <= 0 or (height <= tile and width <= tile):
+        return 1
+    overlap = max(0, min(overlap, tile // 2))
+    return len(_tile_starts(height, tile, overlap)) * len(_tile_starts(width, tile, overlap))
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:

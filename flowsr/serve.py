@@ -368,19 +368,18 @@ class App:
 
     def _process(self, job: Job) -> None:
         from flowsr.io import read_image, write_image_rows
-        from flowsr.pipeline import image_seed
+        from flowsr.pipeline import image_seed, tile_count
 
         model = self.models[job.model]
         image = read_image(job.upload, max_pixels=self.max_pixels, name=job.name)
         job.upload.unlink()
         height, width = image.rgb.shape[-2:]
-        job.tiles_total = _tile_count(height, job.tile, self.tile_overlap) * _tile_count(
-            width, job.tile, self.tile_overlap)
+        job.tiles_total = tile_count(height, width, job.tile, self.tile_overlap)
         settings = model.resolve(job.settings)
         target = self.folder / f"{job.id}.png"
-        with self._watch(model, job):
+        with self._watch(model, job) as progress:
             rows = model.upscale_image_rows(image, job.settings, seed=image_seed(job.seed, job.name),
-                                            tile=job.tile, tile_overlap=self.tile_overlap)
+                                            tile=job.tile, tile_overlap=self.tile_overlap, progress=progress)
             write_image_rows(target, rows, image.bit_depth, color=image.color)  # streamed; nothing left if it raises
         seconds = time.monotonic() - job.started
         knob = _kind(model) == "oftsr" or (_kind(model) == "meanflow" and settings.steps == 1)
@@ -396,39 +395,33 @@ class App:
 
     @contextlib.contextmanager
     def _watch(self, model, job: Job):
-        """While ``job`` runs: count its finished tiles, and raise :class:`Cancelled` before the next tile
-        or network layer once it is deleted or the server stops (the pipeline has no hooks: this wraps
-        the model's per-tile ``_run`` on this instance and adds forward pre-hooks to its network's
-        modules; only the worker thread uses the models)."""
+        """While ``job`` runs: yields the pipeline's ``progress(done, total)`` callback, which counts its
+        finished tiles and raises :class:`Cancelled` before the next tile once the job is deleted or the
+        server stops; the same check runs before every layer of the model's torch network and of its
+        start network's (forward pre-hooks; only the worker thread uses the models)."""
 
         def check(*_):
             if job.cancelled or self.stopping:
                 raise Cancelled
 
-        run = model._run
-
-        def counted(*args, **kwargs):
+        def progress(done: int, total: int) -> None:
+            job.tiles_done, job.tiles_total = done, total
             check()
-            out = run(*args, **kwargs)
-            job.tiles_done += 1
-            return out
 
-        had_own = "_run" in vars(model)
-        model._run = counted
         # a torch network is also stopped between its layers; an ONNX Runtime session only between calls
         from torch import nn
 
-        layers = model.net.modules() if isinstance(model.net, nn.Module) else []
+        nets, start = [model.net], model.start
+        while start is not None:
+            nets.append(start.net)
+            start = start.start
+        layers = [module for net in nets if isinstance(net, nn.Module) for module in net.modules()]
         hooks = [module.register_forward_pre_hook(check) for module in layers]
         try:
-            yield
+            yield progress
         finally:
             for hook in hooks:
                 hook.remove()
-            if had_own:
-                model._run = run
-            else:
-                del model._run
 
     # -- helpers ---------------------------------------------------------------------------------
     def _plan(self, model, model_name: str, image, file_bytes: int, name: str) -> tuple[int, int]:
@@ -581,15 +574,6 @@ def _describe(image) -> dict:
     mode = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}[channels]
     return {"width": int(image.rgb.shape[-1]), "height": int(image.rgb.shape[-2]),
             "mode": f"{mode} {image.bit_depth}-bit"}
-
-
-def _tile_count(size: int, tile: int, overlap: int) -> int:
-    """How many tiles :meth:`flowsr.pipeline.Upscaler.upscale_rows` runs along one side."""
-    from flowsr.pipeline import _tile_starts
-
-    if tile <= 0:
-        return 1
-    return len(_tile_starts(size, tile, max(0, min(overlap, tile // 2))))
 
 
 # -- HTTP ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ OPTION_RANGES = {
     "scale": (1, MAX_SCALE), "steps": (1, MAX_STEPS), "reference-steps": (1, MAX_STEPS), "fid-patch": (8, 4096),
     "shard-size": (1, 1 << 20), "size": (8, 16384), "batch": (1, 1024), "repeat": (1, 100_000), "rounds": (1, 100),
     "crop": (8, 2048), "ort-threads": (0, 256), "opset": (18, 99),
-    "t": (0.0, 1.0), "guidance": (0.0, MAX_GUIDANCE),
+    "t": (0.0, 1.0), "guidance": (0.0, MAX_GUIDANCE), "outscale": (0.01, 2 * MAX_SCALE), "quality": (1, 100),
 }
 MIN_TILE = 16
 

@@ -501,8 +501,32 @@ def test_progress_bars_per_image_and_overall_on_a_terminal(tmp_path, capsys, mon
     assert main(["upscale", str(source), "-o", str(tmp_path / "out"), "--model", "bicubic"]) == 0
     captured = capsys.readouterr()
     assert "upscale: 100%" in captured.err and "2/2" in captured.err  # overall
-    assert "a.png:" in captured.err and "/48 [" in captured.err and "row/s" in captured.err  # per image, in rows
+    assert "a.png:" in captured.err and "0/1 [" in captured.err and "tile/s" in captured.err  # per image, in tiles
     assert "[1/2]" not in captured.out
+
+
+def test_quiet_shows_no_bars_and_no_line_per_image(tmp_path, capsys, monkeypatch):
+    source = tmp_path / "in"
+    source.mkdir()
+    png_file(source / "a.png")
+    png_file(source / "b.png")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["upscale", str(source), "-o", str(tmp_path / "out"), "--model", "bicubic", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "[1/2]" not in captured.out and "2 written" in captured.out
+
+
+def test_eval_shows_image_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "set"
+    data.mkdir()
+    png_file(data / "a.png", 48, 48)
+    png_file(data / "b.png", 48, 48)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["eval", "--model", "bicubic", "--data", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "bicubic:" in err and "/2 [" in err and "img/s" in err
+    assert main(["eval", "--model", "bicubic", "--data", str(data), "--quiet"]) == 0
+    assert "img/s" not in capsys.readouterr().err
 
 
 def test_tests_that_need_shared_data_skip_with_their_reason(tmp_path):

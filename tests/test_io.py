@@ -426,3 +426,33 @@ def test_to_pil_modes():
     np.testing.assert_array_equal(np.asarray(pil), _planes(image, 65535)[..., 0])
     with pytest.raises(ValueError):
         Image(torch.rand(2, 5, 7))
+
+
+def _camera_exif(orientation: int) -> bytes:
+    exif = PIL.Image.Exif()
+    exif[0x010F] = "FlowCam"  # Make
+    exif[0x0112] = orientation
+    exif.get_ifd(0x8769)[0x9003] = "2026:01:02 03:04:05"  # DateTimeOriginal, in the Exif sub-IFD
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
+def test_exif_travels_to_every_format_with_its_orientation_reset(tmp_path, ext):
+    source = tmp_path / "cam.jpg"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)).save(
+        source, exif=_camera_exif(6))
+    image = fio.read_image(source)
+    assert image.rgb.shape == (3, 30, 20)  # orientation 6 applied on reading ...
+    fio.write_image(tmp_path / f"out.{ext}", image.rgb, color=image.color)
+    exif = PIL.Image.open(tmp_path / f"out.{ext}").getexif()
+    assert exif.get(0x010F) == "FlowCam" and exif.get_ifd(0x8769).get(0x9003) == "2026:01:02 03:04:05"
+    assert exif.get(0x0112) == 1  # ... so it is not applied twice
+
+
+def test_quality_sets_jpeg_and_webp_compression_and_is_checked(tmp_path):
+    rgb = torch.rand(3, 64, 64)
+    for ext in ("jpg", "webp"):
+        sizes = [fio.write_image(tmp_path / f"q{q}.{ext}", rgb, quality=q).stat().st_size for q in (30, 95)]
+        assert sizes[0] < sizes[1]
+    with pytest.raises(ValueError, match="quality must be an integer in 1..100"):
+        fio.write_image(tmp_path / "bad.jpg", rgb, quality=0)

@@ -187,3 +187,27 @@ def test_bicubic_baseline_matches_published_set5(tmp_path):
     assert main(["eval", "--model", "bicubic", "--data", str(SHARED / "test" / "Set5" / "HR"), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())["results"][0]["metrics"]
     assert abs(metrics["psnr_y"] - 28.42) <= 0.02 and abs(metrics["ssim_y"] - 0.8104) <= 0.002
+
+
+def test_progress_is_called_from_zero_after_every_tile():
+    from flowsr.pipeline import tile_count
+
+    model = flowsr.load("bicubic")
+    calls = []
+    model.upscale_tensor(torch.rand(1, 3, 40, 50), tile=16, tile_overlap=4, progress=lambda *c: calls.append(c))
+    assert tile_count(40, 50, 16, 4) == 3 * 4  # LR starts 0, 12, 24 down and 0, 12, 24, 34 across
+    assert calls == [(done, 12) for done in range(13)]
+    calls.clear()
+    model.upscale_tensor(torch.rand(1, 3, 10, 12), progress=lambda *c: calls.append(c))  # untiled: one pass
+    assert calls == [(0, 1), (1, 1)]
+
+
+def test_progress_may_stop_the_work():
+    model = flowsr.load("bicubic")
+
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.upscale_tensor(torch.rand(1, 3, 40, 40), tile=16, tile_overlap=4, progress=stop)

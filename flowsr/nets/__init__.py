@@ -19,23 +19,36 @@ from flowsr.nets.unet import NetConfig, UNet, count_parameters, timestep_embeddi
 __all__ = ["BSRN", "BSRN_X4", "NetConfig", "RLFN", "RLFN_X4", "SRNetConfig", "UNet", "build_sr_net",
            "count_parameters", "timestep_embedding"]
 
-SR_ARCHS = ("bsrn", "rlfn")
+SR_ARCHS = ("bsrn", "rlfn", "spandrel")
 
 
 @dataclass
 class SRNetConfig:
     """A published lightweight SR network: ``arch`` ("bsrn" | "rlfn"), its width ``channels``, its number
     of ``blocks``, and (RLFN only) the width of ESA's attention branch ``esa_channels`` (BSRN's ESA is
-    always ``channels // 4`` wide)."""
+    always ``channels // 4`` wide). Or ``arch`` "spandrel": a network imported by ``flowsr import``, of
+    spandrel's architecture ``spandrel_arch`` (e.g. "ESRGAN", "SwinIR"), rebuilt from its weights by spandrel
+    (:mod:`flowsr.nets.imported`); channels and blocks are then 0 (the weights' shapes say them)."""
 
     arch: str
-    channels: int
-    blocks: int
+    channels: int = 0
+    blocks: int = 0
     esa_channels: int = 16
+    spandrel_arch: str = ""
 
     def __post_init__(self):
         if self.arch not in SR_ARCHS:
             raise ValueError(f"SRNetConfig.arch must be one of {', '.join(SR_ARCHS)}, not {self.arch!r}")
+        if self.arch == "spandrel":
+            if not (self.spandrel_arch and len(self.spandrel_arch) <= 64 and self.spandrel_arch.isidentifier()):
+                raise ValueError(f"SRNetConfig.spandrel_arch must name spandrel's architecture (e.g. ESRGAN), "
+                                 f"not {self.spandrel_arch!r}")
+            if (self.channels, self.blocks) != (0, 0):
+                raise ValueError("SRNetConfig.channels and blocks must be 0 for a spandrel network (its weights "
+                                 "give them)")
+            return
+        if self.spandrel_arch:
+            raise ValueError(f"SRNetConfig.spandrel_arch is for arch spandrel only, not {self.arch}")
         for name, high in (("channels", 512), ("blocks", 64), ("esa_channels", 512)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
@@ -51,7 +64,8 @@ RLFN_X4 = dict(arch="rlfn", channels=52, blocks=6, esa_channels=16)
 
 
 def build_sr_net(cfg: SRNetConfig, scale: int) -> nn.Module:
-    """The (randomly initialised) network ``cfg`` describes, upscaling by ``scale``."""
+    """The (randomly initialised) network ``cfg`` describes, upscaling by ``scale``. (A spandrel network is
+    built from its weights: :func:`flowsr.nets.imported.rebuild`.)"""
     if cfg.arch == "bsrn":
         return BSRN(cfg.channels, cfg.blocks, scale)
     elif cfg.arch == "rlfn":
