@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         text = page.read_text()
         if "<!-- table:" not in text:
             continue
-        where = str(page.relative_to(ROOT))
+        where = str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
         new, changed = regenerate(text, where)
         differing += [f"{where}: table {name}" for name in changed]
         if changed and not args.check:
