@@ -84,7 +84,8 @@ def run(name: str, set_name: str, data: Path, shown_data: str, extra: list[str],
     out = scratch / f"{name}-{set_name}.json"
     args = ["eval", "--data", str(data), "--scale", "4", "--metrics", METRICS, "--model", name,
             *SERVING.get(kind_of(name), []), "--json", str(out), "--quiet", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}  # this checkout's flowsr and weights
     print(f"== {name} on {set_name}", flush=True)
     subprocess.run([sys.executable, "-m", "flowsr", *args], cwd=ROOT, env=env, check=True)
     shown = ["python3", "-m", "flowsr", *args]
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, help="bundled names and/or bicubic (default: all)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of each set (a try; needs --out)")
-    parser.add_argument("--data-root", default="../shared/data/test", help="folder holding SET/HR (relative: to the repo)")
+    parser.add_argument("--data-root", default="../shared/data/test",
+                        help="folder holding SET/HR (relative: to the repository)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("eval_args", nargs="*", help="after --: more flowsr eval options, e.g. -- --device cuda")
     args = parser.parse_args(argv)

@@ -103,7 +103,8 @@ def setting(row: dict, config: dict) -> str:
     if kind == "oftsr":
         label, default = f"t = {row['t']:g}", row["t"] == config.get("default_t")
     elif kind in ("flow", "meanflow"):
-        label, default = f"{row['steps']} step{'s' if row['steps'] > 1 else ''}", row["steps"] == config.get("default_steps", 1)
+        label = f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
+        default = row["steps"] == config.get("default_steps", 1)
         if kind == "meanflow" and row["steps"] == 1 and row["t"] != 1.0:
             label += f", t = {row['t']:g}"
     else:
@@ -176,10 +177,11 @@ def bundled_set(set_name: str) -> str:
         found = [(k, r) for k, r in found if r]
         if not found:
             missing.append(name)
-        for key, r in found:
+        for _, r in found:
             m = r["metrics"]
             rows.append([f"`{name}`", setting(r, config), str(r["nfe"]), f"{m['psnr_y']:.2f}", f"{m['ssim_y']:.4f}",
-                         f"{m['lpips']:.4f}", f"{m['dists']:.4f}", f"{m['hf_ratio']:.4f}", f"{r['seconds_per_image']:.3f}"])
+                         f"{m['lpips']:.4f}", f"{m['dists']:.4f}", f"{m['hf_ratio']:.4f}",
+                         f"{r['seconds_per_image']:.3f}"])
     n = next((e["rows"][0]["n_images"] for (model, s), e in entries.items() if s == set_name), "?")
     text = f"{set_name} (×4, {n} images):\n\n" + markdown(
         ["model", "setting", "NFE", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS", "HF ratio", "s/image"], rows)
@@ -204,7 +206,8 @@ def bundled_commands() -> str:
         commands = sorted({e["command"].replace(f"/{e['set']}/", "/SET/").replace(f"-{e['set']}.json", "-SET.json")
                            for e in mine})
         rows.append([f"`{name}`", f"`{mine[0]['sha256'][:16]}…`" if mine[0]["sha256"] else "–",
-                     ", ".join(e["set"] for e in mine), "; ".join(sorted({f"{e['machine']}, {e['date']}" for e in mine})),
+                     ", ".join(e["set"] for e in mine),
+                     "; ".join(sorted({f"{e['machine']}, {e['date']}" for e in mine})),
                      "<br>".join(f"`{c}`" for c in commands)])
     text = markdown(["model", "weights SHA-256", "sets", "machine, date", "command (SET: each set)"], rows)
     if stale:
@@ -321,12 +324,13 @@ def train_speed_idle() -> str:
     for objective in dict.fromkeys(r["objective"] for r in rows):
         old = next((r for r in rows if r["objective"] == objective and r["path"] == "old"), None)
         fast = next((r for r in rows if r["objective"] == objective and r["path"] == "fast"), None)
-        body.append([objective, f"{old['crops_per_s']:.1f}" if old else "–", f"{fast['crops_per_s']:.1f}" if fast else "–",
+        body.append([objective, f"{old['crops_per_s']:.1f}" if old else "–",
+                     f"{fast['crops_per_s']:.1f}" if fast else "–",
                      f"{fast['speedup']:.2f}×" if fast else "–", f"{(fast or old)['gflop_per_step']:.2f}"])
     first = rows[0]
+    presets = ", ".join(f"`{p}`" for p in dict.fromkeys(r["preset"] for r in rows))
     return markdown(["objective", "old crops/s", "fast crops/s", "fast / old", "GFLOP per step"], body) + \
-        (f"\n\n{data.get('machine', '?')}; presets {', '.join(f'`{p}`' for p in dict.fromkeys(r['preset'] for r in rows))}, "
-         f"batch {first['batch']}, {first['crop']}² crops.")
+        f"\n\n{data.get('machine', '?')}; presets {presets}, batch {first['batch']}, {first['crop']}² crops."
 
 
 # -- files ---------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 
-from conftest import make_image
 from flowsr.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

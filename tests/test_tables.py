@@ -55,8 +55,9 @@ def test_bundled_rows_come_from_the_shipped_weights():
         assert weights.is_file(), f"{name}: in {tables.BUNDLED_JSON.name} but not shipped"
         if entry["sha256"] != hashlib.sha256(weights.read_bytes()).hexdigest():
             wrong.append(f"{name} ({entry['set']})")
-    assert not wrong, (f"measured with other weights than the shipped ones: {wrong}; run "
-                       f"python3 benchmarks/bundled_results.py --models {' '.join(sorted({w.split()[0] for w in wrong}))}")
+    names = " ".join(sorted({w.split()[0] for w in wrong}))
+    assert not wrong, f"measured with other weights than the shipped ones: {wrong}; run " \
+                      f"python3 benchmarks/bundled_results.py --models {names}"
 
 
 def test_bundled_rows_were_measured_at_the_serving_settings():
