@@ -1,0 +1,382 @@
+"""Regenerate every results table marked in README.md and docs/**/*.md from committed JSON.
+
+    python3 benchmarks/tables.py            # rewrite the marked tables in place
+    python3 benchmarks/tables.py --check    # exit 1 naming each table that differs from what would be written
+
+A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
+below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
+the models' config.json, docs/cpu/*.json). Tables outside markers are historical records: they are not
+regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and compares each bundled model's
+recorded SHA-256 with its shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
+WEIGHTS = ROOT / "flowsr" / "weights"
+SETS = ("Set5", "Set14", "BSD100")
+MARKER = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /table:(?P=name) -->", re.S)
+KIND_ORDER = {"bicubic": 0, "regression": 1, "sr": 2, "flow": 3, "oftsr": 4, "meanflow": 5}
+WHAT = {"bicubic": "bicubic interpolation", "regression": "regression baseline (L1)", "sr": "published SR network",
+        "flow": "flow teacher", "oftsr": "OFTSR one-step student", "meanflow": "MeanFlow student"}
+# published bicubic x4 PSNR-Y / SSIM-Y (the values SR papers cite), against which the protocol is checked
+PUBLISHED_BICUBIC = {"Set5": "28.42 / 0.8104", "Set14": "26.09 / 0.7048", "BSD100": "25.96 / 0.6675"}
+
+TABLES = {}
+
+
+def table(name: str):
+    def register(function):
+        TABLES[name] = function
+        return function
+    return register
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the bundled models --------------------------------------------------------------------------------
+
+
+def bundled_configs() -> dict[str, dict]:
+    """name -> config.json of every model in flowsr/weights, bicubic first, then by kind."""
+    configs = {"bicubic": {"kind": "bicubic"}}
+    for path in sorted(WEIGHTS.iterdir()):
+        if (path / "config.json").is_file():
+            configs[path.name] = json.loads((path / "config.json").read_text())
+    return dict(sorted(configs.items(), key=lambda item: (KIND_ORDER.get(item[1]["kind"], 9), item[0])))
+
+
+def default_model(configs: dict) -> str:
+    return next((n for n in ("oftsr-x4", "meanflow-x4") if n in configs), "bicubic")  # as flowsr.catalog
+
+
+def params(name: str) -> str:
+    if name == "bicubic":
+        return "0"
+    with open(WEIGHTS / name / "model.safetensors", "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    count = sum(_prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
+    return f"{count / 1e6:.2f} M"
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def measured() -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """(model, set) -> entry of bundled.json, for the shipped weights only; and the models whose recorded
+    SHA-256 is not their shipped file's (left out: their rows belong to other weights)."""
+    data = json.loads(BUNDLED_JSON.read_text()) if BUNDLED_JSON.exists() else {"entries": []}
+    entries, stale = {}, []
+    for entry in data["entries"]:
+        name = entry["model"]
+        if name != "bicubic":
+            weights = WEIGHTS / name / "model.safetensors"
+            if not weights.is_file() or entry["sha256"] != sha256(weights):
+                stale.append(name)
+                continue
+        entries[(name, entry["set"])] = entry
+    return entries, sorted(set(stale))
+
+
+def setting(row: dict, config: dict) -> str:
+    kind = row["kind"]
+    if kind == "oftsr":
+        label, default = f"t = {row['t']:g}", row["t"] == config.get("default_t")
+    elif kind in ("flow", "meanflow"):
+        label = f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
+        default = row["steps"] == config.get("default_steps", 1)
+        if kind == "meanflow" and row["steps"] == 1 and row["t"] != 1.0:
+            label += f", t = {row['t']:g}"
+    else:
+        return "one pass" if kind != "bicubic" else "–"
+    return label + (" (default)" if default else "")
+
+
+def settings_of(entries: dict, name: str) -> list[tuple]:
+    """The settings measured for ``name`` over all sets, in the order eval wrote them."""
+    keys = []
+    for set_name in SETS:
+        for row in entries.get((name, set_name), {}).get("rows", []):
+            key = (row["steps"], row["t"], row["guidance"])
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def row_for(entries: dict, name: str, set_name: str, key: tuple) -> dict | None:
+    rows = entries.get((name, set_name), {}).get("rows", [])
+    return next((r for r in rows if (r["steps"], r["t"], r["guidance"]) == key), None)
+
+
+def rerun_note(names: list[str]) -> str:
+    return f"results being regenerated: `python3 benchmarks/bundled_results.py --models {' '.join(names)}`"
+
+
+@table("bundled")
+def bundled_summary() -> str:
+    """README: every bundled model at its serving settings, PSNR-Y / LPIPS / DISTS on the three sets."""
+    configs, (entries, _) = bundled_configs(), measured()
+    default = default_model(configs)
+    rows, missing = [], []
+    for name, config in configs.items():
+        label = f"`{name}`" + (" (**default**)" if name == default else "")
+        keys = settings_of(entries, name)
+        if not keys:
+            missing.append(name)
+            rows.append([label, WHAT.get(config["kind"], config["kind"]), params(name), "–", "–", "–", "–", "–"])
+            continue
+        for index, key in enumerate(keys):
+            first = next(r for s in SETS if (r := row_for(entries, name, s, key)))
+            cells = []
+            for set_name in SETS:
+                r = row_for(entries, name, set_name, key)
+                m = r["metrics"] if r else None
+                cells.append(f"{m['psnr_y']:.2f} / {m['lpips']:.4f} / {m['dists']:.4f}" if m else "–")
+            rows.append([label if index == 0 else "", WHAT.get(config["kind"], config["kind"]) if index == 0 else "",
+                         params(name) if index == 0 else "", setting(first, config), str(first["nfe"]), *cells])
+    text = markdown(["model", "what", "parameters", "setting", "NFE", "Set5 PSNR-Y / LPIPS / DISTS",
+                     "Set14", "BSD100"], rows)
+    machines = sorted({f"{e['machine']}, {e['rows'][0]['device']}" for e in entries.values()})
+    dates = sorted({e["date"] for e in entries.values()})
+    text += ("\n\nMeasured by `python3 benchmarks/bundled_results.py` (×4, synthetic protocol: MATLAB-bicubic LR, "
+             "PSNR-Y after a 4-pixel border crop, LPIPS (alex) and DISTS: lower is better) on "
+             f"{'; '.join(machines) or '–'}, {', '.join(dates) or '–'}; every setting, SSIM and the exact commands "
+             "in [docs/evaluation.md](docs/evaluation.md), the rows and each model's weights SHA-256 in "
+             "[docs/results/bundled.json](docs/results/bundled.json).")
+    if missing:
+        text += f"\n\n`{'`, `'.join(missing)}`: {rerun_note(missing)}."
+    return text
+
+
+def bundled_set(set_name: str) -> str:
+    configs, (entries, _) = bundled_configs(), measured()
+    rows, missing = [], []
+    for name, config in configs.items():
+        keys = settings_of(entries, name)
+        found = [(key, row_for(entries, name, set_name, key)) for key in keys]
+        found = [(k, r) for k, r in found if r]
+        if not found:
+            missing.append(name)
+        for _, r in found:
+            m = r["metrics"]
+            rows.append([f"`{name}`", setting(r, config), str(r["nfe"]), f"{m['psnr_y']:.2f}", f"{m['ssim_y']:.4f}",
+                         f"{m['lpips']:.4f}", f"{m['dists']:.4f}", f"{m['hf_ratio']:.4f}",
+                         f"{r['seconds_per_image']:.3f}"])
+    n = next((e["rows"][0]["n_images"] for (model, s), e in entries.items() if s == set_name), "?")
+    text = f"{set_name} (×4, {n} images):\n\n" + markdown(
+        ["model", "setting", "NFE", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS", "HF ratio", "s/image"], rows)
+    if missing:
+        text += f"\n\nNot in this table: `{'`, `'.join(missing)}`: {rerun_note(missing)}."
+    return text
+
+
+for _set in SETS:
+    table(f"bundled-{_set}")(lambda _set=_set: bundled_set(_set))
+
+
+@table("bundled-commands")
+def bundled_commands() -> str:
+    """Which command, machine and weights each model's rows come from."""
+    configs, (entries, stale) = bundled_configs(), measured()
+    rows = []
+    for name in configs:
+        mine = [entries[(name, s)] for s in SETS if (name, s) in entries]
+        if not mine:
+            continue
+        commands = sorted({e["command"].replace(f"/{e['set']}/", "/SET/").replace(f"-{e['set']}.json", "-SET.json")
+                           for e in mine})
+        rows.append([f"`{name}`", f"`{mine[0]['sha256'][:16]}…`" if mine[0]["sha256"] else "–",
+                     ", ".join(e["set"] for e in mine),
+                     "; ".join(sorted({f"{e['machine']}, {e['date']}" for e in mine})),
+                     "<br>".join(f"`{c}`" for c in commands)])
+    text = markdown(["model", "weights SHA-256", "sets", "machine, date", "command (SET: each set)"], rows)
+    if stale:
+        text += f"\n\nRows recorded for other weights than the shipped ones, left out: `{'`, `'.join(stale)}`."
+    return text
+
+
+@table("bicubic-protocol")
+def bicubic_protocol() -> str:
+    """The protocol check: bicubic x4 against the published numbers."""
+    entries, _ = measured()
+    rows = []
+    for set_name in SETS:
+        entry = entries.get(("bicubic", set_name))
+        if entry:
+            r = entry["rows"][0]
+            rows.append([set_name, r["protocol"], f"{r['metrics']['psnr_y']:.2f}", f"{r['metrics']['ssim_y']:.4f}",
+                         PUBLISHED_BICUBIC[set_name]])
+    return markdown(["set", "protocol", "PSNR-Y", "SSIM-Y", "published PSNR-Y / SSIM-Y"], rows)
+
+
+@table("models")
+def models_table() -> str:
+    """README: what ships, from each model's config.json (as `flowsr models`)."""
+    configs = bundled_configs()
+    default = default_model(configs)
+    rows = []
+    for name, config in configs.items():
+        kind, info = config["kind"], config.get("training", {})
+        if kind == "bicubic":
+            trained, defaults = "–", "–"
+        else:
+            defaults = f"steps {config.get('default_steps', 1)}" + (
+                f", t {config.get('default_t', 1.0):g}" if kind in ("oftsr", "meanflow") else "")
+            if kind == "sr":
+                trained = f"published weights: {info.get('source', '?')}"
+            else:
+                steps = info.get("steps_total", info.get("steps", "?"))
+                wall = info.get("wall_seconds_total", info.get("wall_seconds", "?"))
+                trained = f"{steps} steps, batch {info.get('batch_size', '?')}, {wall} s on {info.get('device', '?')}"
+                if info.get("teacher"):
+                    trained += f", distilled from `{Path(str(info['teacher'])).name}`"
+        rows.append([f"`{name}`" + (" (**default**)" if name == default else ""), WHAT.get(kind, kind), params(name),
+                     defaults, trained])
+    return markdown(["name", "what", "parameters", "defaults", "trained"], rows)
+
+
+# -- the CPU recipe's A/Bs (docs/cpu-recipe.md) ------------------------------------------------------------
+
+TEACHER_AB_LABELS = {
+    "velocity+logit_normal": "velocity + logit-normal (the old GPU presets)",
+    "endpoint+logit_normal": "endpoint + logit-normal",
+    "endpoint+mix": "endpoint + mix (half each)",
+    "endpoint+uniform": "endpoint + uniform (every teacher preset now)",
+}
+
+
+@table("teacher-ab")
+def teacher_ab() -> str:
+    data = json.loads((ROOT / "docs" / "cpu" / "teacher_ab.json").read_text())
+    rows = data["rows"]
+    best = {"noise_leak": min(r["noise_leak"] for r in rows), "psnr_y_1": max(r["psnr_y_1"] for r in rows),
+            "psnr_y_8": max(r["psnr_y_8"] for r in rows)}
+
+    def cell(r, key, digits):
+        text = f"{r[key]:.{digits}f}"
+        return f"**{text}**" if best.get(key) == r[key] else text
+
+    body = [[TEACHER_AB_LABELS.get(r["variant"], r["variant"]), cell(r, "noise_leak", 3), cell(r, "psnr_y_1", 2),
+             cell(r, "hf_ratio_1", 2), cell(r, "psnr_y_8", 2), cell(r, "hf_ratio_8", 2), str(r["steps"]),
+             f"{r['train_seconds']:.0f}"] for r in rows]
+    return markdown(["head + time sampler", "noise leak", "PSNR-Y 1 step", "HF ratio 1 step", "PSNR-Y 8 steps",
+                     "HF ratio 8 steps", "training steps", "training s"], body) + \
+        f"\n\n{data['dataset']}, {data['device']}, {data['threads']} thread; best value of each column in bold."
+
+
+@table("meanflow-ab")
+def meanflow_ab() -> str:
+    folder = ROOT / "docs" / "cpu" / "meanflow_ab"
+    body = []
+    for path in sorted(folder.glob("eval-*.json"), key=lambda p: float(p.stem.split("=")[-1])):
+        value = path.stem.split("=")[-1]
+        rows = {r["steps"]: r["metrics"] for r in json.loads(path.read_text())["results"]}
+        label = value + (" (MeanFlow's interpolation points)" if float(value) == 0 else "")
+        body.append([label] + [f"{rows[s]['psnr_y']:.2f} / {rows[s]['lpips']:.4f} / {rows[s]['ref_psnr_y']:.2f}"
+                               if s in rows else "–" for s in (1, 2, 4)])
+    return markdown(["rows at the student's states", "1 step PSNR-Y / LPIPS / ref PSNR-Y", "2 steps", "4 steps"], body)
+
+
+# -- the two training paths (docs/cpu/train_paths/README.md) ------------------------------------------------
+
+@table("train-paths-set5")
+def train_paths_set5() -> str:
+    data = json.loads((ROOT / "docs" / "cpu" / "train_paths" / "eval-set5-300-steps.json").read_text())
+    by_model = {r["model"]: r["metrics"] for r in data["results"]}
+    labels = {"teacher": "teacher (4 steps)", "regression": "regression", "oftsr": "OFTSR (1 step)",
+              "meanflow": "MeanFlow (1 step)"}
+    body = []
+    for role, label in labels.items():
+        cells = []
+        for seed in ("s0", "s1"):
+            for path in ("old", "fast"):
+                m = by_model.get(f"{role}-{path}-{seed}")
+                cells.append(f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f}" if m else "–")
+        body.append([label, cells[0], cells[1], cells[2], cells[3]])
+    return markdown(["model", "old, seed 0", "fast, seed 0", "old, seed 1", "fast, seed 1"], body)
+
+
+@table("train-speed-idle")
+def train_speed_idle() -> str:
+    data = json.loads((ROOT / "docs" / "cpu" / "bench_train_idle.json").read_text())
+    rows = data["rows"]
+    body = []
+    for objective in dict.fromkeys(r["objective"] for r in rows):
+        old = next((r for r in rows if r["objective"] == objective and r["path"] == "old"), None)
+        fast = next((r for r in rows if r["objective"] == objective and r["path"] == "fast"), None)
+        body.append([objective, f"{old['crops_per_s']:.1f}" if old else "–",
+                     f"{fast['crops_per_s']:.1f}" if fast else "–",
+                     f"{fast['speedup']:.2f}×" if fast else "–", f"{(fast or old)['gflop_per_step']:.2f}"])
+    first = rows[0]
+    presets = ", ".join(f"`{p}`" for p in dict.fromkeys(r["preset"] for r in rows))
+    return markdown(["objective", "old crops/s", "fast crops/s", "fast / old", "GFLOP per step"], body) + \
+        f"\n\n{data.get('machine', '?')}; presets {presets}, batch {first['batch']}, {first['crop']}² crops."
+
+
+# -- files ---------------------------------------------------------------------------------------------
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def regenerate(text: str, where: str) -> tuple[str, list[str]]:
+    """``text`` with every marked table rewritten; and the names of those that changed."""
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"{where}: unknown table {name!r} (known: {', '.join(sorted(TABLES))})")
+        body = TABLES[name]().strip("\n") + "\n"
+        if body != match["body"]:
+            changed.append(name)
+        return f"<!-- table:{name} -->\n{body}<!-- /table:{name} -->"
+
+    return MARKER.sub(replace, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table differs")
+    args = parser.parse_args(argv)
+    differing = []
+    for page in pages():
+        text = page.read_text()
+        if "<!-- table:" not in text:
+            continue
+        where = str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
+        new, changed = regenerate(text, where)
+        differing += [f"{where}: table {name}" for name in changed]
+        if changed and not args.check:
+            page.write_text(new)
+    for line in differing:
+        print(("differs: " if args.check else "rewrote: ") + line)
+    if args.check and differing:
+        print("run: python3 benchmarks/tables.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
