@@ -11,8 +11,9 @@
 #            the effective scale omega / (1 - kappa). At 1.5 we take kappa = 0.5 (the mixing MeanFlow's B/2
 #            setting uses), so omega = 1.5 (1 - 0.5) = 0.75; kappa > 0 makes it differ from plain CFG on the
 #            data velocity. The teacher only gives this student its starting weights, network and start; its
-#            target is the data, not the teacher. guidance=1.5 is passed too: the conditional loss ignores it,
-#            but train.py records it as teacher_guidance, the scale eval --reference compares against.
+#            target is the data, not the teacher. guidance=1 mf_student_states=0 undo the preset's teacher-target
+#            settings (the config refuses them with mf_target=conditional); train.py records omega / (1 - kappa)
+#            as teacher_guidance, the scale eval --reference compares against.
 # Any wX or mf-wX in VARIANTS works (mf-wX: omega = X (1 - MF_KAPPA)). Evaluate with
 # benchmarks/cfg_ablation_eval.sh, tabulate with benchmarks/cfg_ablation_report.py.
 #
@@ -46,7 +47,7 @@ recipe() {
   case $1 in
     w*) echo "guidance=${1#w}" ;;
     mf-w*) local X=${1#mf-w}
-      echo "mf_target=conditional mf_kappa=$MF_KAPPA mf_omega=$(awk "BEGIN{print $X * (1 - $MF_KAPPA)}") guidance=$X" ;;
+      echo "mf_target=conditional mf_kappa=$MF_KAPPA mf_omega=$(awk "BEGIN{print $X * (1 - $MF_KAPPA)}") guidance=1 mf_student_states=0" ;;
     *) echo "unknown variant $1 (wX or mf-wX)" >&2; return 1 ;;
   esac
 }

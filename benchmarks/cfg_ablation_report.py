@@ -118,7 +118,7 @@ def training_table(records: list[dict]) -> str:
     lines = ["| variant | target | guidance | omega | kappa | steps | wall s | device |", "|---" * 8 + "|"]
     for r in records:
         teacher_cfg = r["mf_target"] == "teacher"
-        lines.append(f"| {r['variant']} | {r['mf_target']} | {r['guidance']:g}{'' if teacher_cfg else ' (unused)'} | "
+        lines.append(f"| {r['variant']} | {r['mf_target']} | {format(r['guidance'], 'g') if teacher_cfg else '–'} | "
                      f"{'–' if teacher_cfg else format(r['mf_omega'], 'g')} | "
                      f"{'–' if teacher_cfg else format(r['mf_kappa'], 'g')} | {r['steps']} | {r['wall_seconds']} | "
                      f"{r['device']} |")

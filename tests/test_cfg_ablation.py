@@ -76,14 +76,14 @@ def test_report_files(results, tmp_path):
     (runs / "mf-w1.5" / "config.json").write_text(json.dumps({"training": {"steps": 44, "wall_seconds": 20.5,
                                                                            "device": "cpu"}}))
     (runs / "mf-w1.5" / "train_config.json").write_text(json.dumps(
-        {"mf_target": "conditional", "guidance": 1.5, "mf_omega": 0.75, "mf_kappa": 0.5, "seed": 0,
+        {"mf_target": "conditional", "guidance": 1.0, "mf_omega": 0.75, "mf_kappa": 0.5, "seed": 0,
          "teacher": "t", "init": ""}))
     prefix = tmp_path / "docs" / "cfg_ablation"
     report.main(results, prefix, runs)
     data = json.loads(prefix.with_suffix(".json").read_text())
     assert len(data["rows"]) == 8 and [r["variant"] for r in data["training"]] == ["mf-w1.5"]
     text = prefix.with_suffix(".md").read_text()
-    assert "| mf-w1.5 | conditional | 1.5 (unused) | 0.75 | 0.5 | 44 | 20.5 | cpu |" in text
+    assert "| mf-w1.5 | conditional | – | 0.75 | 0.5 | 44 | 20.5 | cpu |" in text
     assert text.index("### Set5 (x4, 5 images)") < text.index("### Set14 (x4, 5 images)")
     lines = text.splitlines()
     w1 = next(line for line in lines if line.startswith("| w1 | no guidance | 1 |"))
