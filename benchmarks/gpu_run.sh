@@ -5,6 +5,10 @@
 #   2. the equal-budget start A/B (benchmarks/start_ab.sh at GPU size): one teacher per variant (bicubic
 #      start, BSRN start at sigma_p 0.1 and 0.2, RLFN start), all side by side, then an OFTSR and a MeanFlow
 #      student per variant, all side by side;
+#   2b. with CFG_AB=1 (issue 24), the equal-budget CFG ablation (benchmarks/cfg_ablation.sh): MeanFlow students
+#      w1, w1.5, w2.5 (teacher CFG) and mf-w1.5 (MeanFlow's own CFG) from CFG_TEACHER (default the shipped
+#      models/gpu-pm/bsrn-x4-s0.1/teacher; CFG_INIT=DIR continues each from one student), STUDENT_S each, side by
+#      side, into $RUNS/cfg/<variant>/; skipped when less than STUDENT_S + 90 s is left before the deadline;
 #   3. a quick Set5 check (PSNR-Y, HF ratio) and the one-step inference bench at 512^2, batch 16;
 #   4. bf16 weights (tars of three models, each under the 16 MiB a returned file may have) and every
 #      log and config in $OUT/results.tar.gz.
@@ -17,6 +21,12 @@
 #   back here:  python3 benchmarks/gpu_unpack.py FILES_AT runs/gpu-ab   # model directories
 #   CPU dry run: SIZE=tiny TEACHER_S=20 STUDENT_S=15 EXTRA="batch_size=2 crop=32" SKIP_BENCH=1 \
 #                OUT=/tmp/gpuout RUNS=/tmp/gpuruns bash benchmarks/gpu_run.sh
+# The CFG ablation alone (PHASES=none skips the start A/B):
+#   device run: CFG_AB=1 PHASES=none SKIP_BENCH=1 STUDENT_S=300 bash benchmarks/gpu_run.sh
+#   back here:  python3 benchmarks/gpu_unpack.py FILES_AT runs/gpu-cfg   # students in runs/gpu-cfg/cfg/<variant>/,
+#               their logs in runs/gpu-cfg/<variant>.log; then RUNS=runs/gpu-cfg/cfg benchmarks/cfg_ablation_eval.sh
+#   CPU dry run: CFG_AB=1 PHASES=none SIZE=tiny STUDENT_S=15 EXTRA="batch_size=2 crop=32" SKIP_BENCH=1 \
+#                CFG_TEACHER=runs/tiny-teacher-pm OUT=/tmp/gpuout RUNS=/tmp/gpuruns bash benchmarks/gpu_run.sh
 set -u
 BEGIN=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -54,7 +64,18 @@ fi
 log "phase 2: start A/B, teachers ${TEACHER_S}s, students ${STUDENT_S}s"
 RUNS=$RUNS SIZE=$SIZE TEACHER_S=$TEACHER_S STUDENT_S=$STUDENT_S VARIANTS="$VARIANTS" \
   STUDENT_EXTRA="${STUDENT_EXTRA:-compile=false}" EXTRA="data=$DATA ckpt_every=1000 log_every=100 $EXTRA" timeout $(( $(left) - 20 )) bash benchmarks/start_ab.sh
-MODELS=$(ls -d $RUNS/*-s*/*/ 2>/dev/null | while read D; do [ -f $D/model.safetensors ] && echo ${D%/}; done)
+if [ -n "${CFG_AB:-}" ]; then
+  if [ "$(left)" -gt $(( STUDENT_S + 90 )) ]; then
+    log "phase 2b: CFG ablation, MeanFlow students ${STUDENT_S}s each"
+    RUNS=$RUNS/cfg SIZE=$SIZE STUDENT_S=$STUDENT_S TEACHER=${CFG_TEACHER:-models/gpu-pm/bsrn-x4-s0.1/teacher} \
+      INIT=${CFG_INIT:-} VARIANTS="${CFG_VARIANTS:-w1 w1.5 w2.5 mf-w1.5}" \
+      EXTRA="data=$DATA ckpt_every=1000 log_every=100 $EXTRA ${STUDENT_EXTRA:-compile=false}" \
+      timeout $(( $(left) - 20 )) bash benchmarks/cfg_ablation.sh
+  else
+    log "phase 2b skipped: $(left)s left, the CFG ablation needs STUDENT_S + 90 = $(( STUDENT_S + 90 ))s"
+  fi
+fi
+MODELS=$(ls -d $RUNS/*-s*/*/ ${CFG_AB:+$RUNS/cfg/*/} 2>/dev/null | while read D; do [ -f $D/model.safetensors ] && echo ${D%/}; done)
 if [ "$(left)" -gt 60 ] && [ -n "$MODELS" ]; then
   log "phase 3: Set5 check"
   timeout $(( $(left) - 40 )) python3 -m flowsr eval --model bsrn-x4 rlfn-x4 $MODELS --data .gpudata/Set5 --scale 4 \
@@ -83,7 +104,7 @@ for index in range(0, len(models), 3):  # three bf16 models a tar: each under 16
             archive.addfile(info, io.BytesIO(data))
 PY
 tar czf "$OUT/results.tar.gz" $RUNS/*.json $RUNS/*.txt $RUNS/*.log $RUNS/*/*/config.json $RUNS/*/*/log.jsonl \
-  $RUNS/*/*/train_config.json $RUNS/path-fast-*/*.json* 2>/dev/null
+  $RUNS/*/*/train_config.json $RUNS/path-fast-*/*.json* ${CFG_AB:+$RUNS/cfg/*.log} 2>/dev/null
 ls -la "$OUT"
 for F in $RUNS/bench-train.txt $RUNS/eval-Set5.txt $RUNS/bench-infer.txt; do  # the short table, last
   [ -f $F ] && { echo "== $F"; grep -v "^\[" $F | tail -40; }

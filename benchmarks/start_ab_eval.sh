@@ -18,13 +18,9 @@ METRICS=${METRICS:-psnr,ssim,lpips,dists,hf}
 TEACHER_STEPS=${TEACHER_STEPS:-1,2,4,8,32}
 mkdir -p "$RESULTS"
 log() { echo "[$(date +%T)] $*"; }
+. "$(dirname "$0")/eval_sets.sh"
 for SET in $SETS; do
-  DATA=$SHARED/test/$SET/HR
-  if [ -n "${LIMIT:-}" ]; then  # the first LIMIT images, linked into a folder of their own
-    DATA=$RESULTS/data-$SET-$LIMIT; mkdir -p "$DATA"
-    ls "$SHARED/test/$SET/HR" | sort | head -n "$LIMIT" | while read F; do ln -sf "$(realpath "$SHARED/test/$SET/HR/$F")" "$DATA/$F"; done
-  fi
-  E="python3 -m flowsr eval --data $DATA --scale 4 --metrics $METRICS"
+  E="python3 -m flowsr eval --data $(test_set $SET) --scale 4 --metrics $METRICS"
   log "$SET: bicubic and the start networks"
   [ -f "$RESULTS/$SET-starts.json" ] || $E --model bicubic bsrn-x4 rlfn-x4 --json "$RESULTS/$SET-starts.json" | tail -n +2
   for D in "$RUNS"/*/; do

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "reference (default 32)")
     ev.add_argument("--reference-guidance", type=option("guidance", float), default=None, metavar="W",
                     help="guidance of the "
-                    "reference (default: the one each student was distilled with, else 1)")
+                    "reference (default: the CFG scale each student was distilled with, else 1)")
     ev.add_argument("-v", "--verbose", action="store_true", help="one row per image")
     ev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     _add_runtime(ev)

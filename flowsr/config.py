@@ -100,18 +100,18 @@ class TrainConfig:
     # distillation (oftsr, meanflow)
     teacher: str = ""  # model directory or bundled name of the teacher
     init: str = ""  # start from this trained model's weights (directory or bundled name), e.g. real from bicubic
-    guidance: float = 1.0  # teacher CFG scale distilled into a MeanFlow student
+    guidance: float = 1.0  # teacher CFG scale distilled into a MeanFlow student (mf_target=teacher)
     s_min: float = 0.01
     s_max: float = 0.99
     delta: float = 0.05
     w_boundary: float = 0.1
     w_align: float = 0.01
-    mf_target: str = "teacher"  # teacher | conditional
-    mf_omega: float = 1.0
+    mf_target: str = "teacher"  # teacher (its guided velocity) | conditional (the data velocity, MeanFlow's own CFG)
+    mf_omega: float = 1.0  # mf_target=conditional: MeanFlow's CFG at the scale mf_omega / (1 - mf_kappa)
     mf_kappa: float = 0.0
     p_equal: float = 0.4  # MeanFlow: share of rows with s = t (plain flow matching); 60 % get the JVP
     mf_p_grid: float = 0.5  # MeanFlow: share of the s != t rows on the 1/2/4-step samplers' (t, s) pairs
-    mf_student_states: float = 0.0  # MeanFlow: share of rows at the student's own state x0 + t u(x0, 0, t)
+    mf_student_states: float = 0.0  # mf_target=teacher: share of rows at the student's own state x0 + t u(x0, 0, t)
     adaptive_p: float = 1.0  # MeanFlow adaptive weight 1 / (e + c)^p, e the per-row sum of squares
     adaptive_c: float = 1e-3
     # inference defaults stored with the model
@@ -158,11 +158,49 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid config: {message}")
+        top = settings.MAX_GUIDANCE  # MeanFlow's effective CFG scale: the guidance eval --reference will use
+        if not (self.mf_omega > 0 and self.mf_kappa < 1 and self.mf_omega / (1 - self.mf_kappa) <= top):
+            raise ValueError(f"invalid config: MeanFlow's CFG scale mf_omega / (1 - mf_kappa) must be in (0, "
+                             f"{top:g}] (mf_omega > 0, mf_kappa < 1), got mf_omega={self.mf_omega:g} "
+                             f"mf_kappa={self.mf_kappa:g}")
+        if self.objective == "meanflow":
+            self._check_meanflow_target()
         needs_teacher = self.objective == "oftsr" or (
             self.objective == "meanflow" and self.mf_target == "teacher"
         )
         if needs_teacher and not self.teacher:
             raise ValueError(f"objective {self.objective} needs teacher=DIR (a trained flow teacher)")
+
+    def distilled_guidance(self) -> float:
+        """The CFG scale a student learns (recorded as ``training["teacher_guidance"]``, the default guidance of
+        ``flowsr eval --reference``): MeanFlow's ``guidance`` (mf_target=teacher) or its own effective scale
+        ``mf_omega / (1 - mf_kappa)`` (mf_target=conditional); 1 for every other objective."""
+        if self.objective != "meanflow":
+            return 1.0
+        return self.guidance if self.mf_target == "teacher" else self.mf_omega / (1.0 - self.mf_kappa)
+
+    def _check_meanflow_target(self) -> None:
+        """ValueError for a MeanFlow option the chosen mf_target ignores, saying what to set instead."""
+        if self.mf_target == "teacher":
+            if (self.mf_omega, self.mf_kappa) != (1.0, 0.0):
+                raise ValueError(f"invalid config: mf_omega={self.mf_omega:g} mf_kappa={self.mf_kappa:g} apply only "
+                                 "to mf_target=conditional; with mf_target=teacher leave mf_omega=1 mf_kappa=0 and use "
+                                 f"guidance={self.mf_omega / (1 - self.mf_kappa):g}")
+            return
+        ignored = {key: off for key, off in (("guidance", 1.0), ("mf_student_states", 0.0))
+                   if getattr(self, key) != off}
+        if not ignored:
+            return
+        base = PRESETS[self.preset]() if self.preset in PRESETS else None
+        given = " ".join(f"{key}={getattr(self, key):g}" for key in ignored)
+        source = (f" (from preset {self.preset})" if base and all(getattr(base, k) == getattr(self, k) for k in ignored)
+                  else "")
+        example = (f", e.g. mf_omega={self.guidance * (1 - self.mf_kappa):g} for scale {self.guidance:g}"
+                   if self.guidance != 1.0 else "")
+        raise ValueError(f"invalid config: {given}{source} {'applies' if len(ignored) == 1 else 'apply'} only to "
+                         "mf_target=teacher; with mf_target=conditional add "
+                         f"{' '.join(f'{key}={off:g}' for key, off in ignored.items())} and give MeanFlow's own CFG "
+                         f"scale as mf_omega / (1 - mf_kappa){example}")
 
 
 @dataclass
@@ -177,7 +215,8 @@ class ModelConfig:
     default_t: float = 1.0
     default_guidance: float = 1.0
     name: str = ""
-    training: dict = field(default_factory=dict)  # provenance: preset, steps, data, wall time, device
+    training: dict = field(default_factory=dict)  # provenance: preset, steps, data, wall time, device; a student's
+    # teacher_guidance: the CFG scale it learnt (TrainConfig.distilled_guidance)
     # The flow's start (PMRF, Ohayon et al. 2025): "bicubic" (x0 and cond from up(lq)), or a start network,
     # a bundled name or a model directory (relative: to this model's directory) of kind sr or regression,
     # whose output start(lq) replaces up(lq); start_sha256 is its weights' SHA-256, checked at load.

@@ -199,8 +199,9 @@ class Reference:
     """A teacher whose N-step Euler output, from the same source noise as the evaluated model, every
     output is also scored against (``ref_psnr_y``, ``ref_lpips``): how well a student copied it.
 
-    ``guidance=None`` takes, per evaluated model, the guidance it was distilled with
-    (``config.training["teacher_guidance"]``, 1 when absent). Outputs are cached per image, seed and
+    ``guidance=None`` takes, per evaluated model, the CFG scale it was distilled with
+    (``config.training["teacher_guidance"]``: the teacher's guidance, or ``mf_omega / (1 - mf_kappa)`` for a
+    MeanFlow student of ``mf_target=conditional``; 1 when absent). Outputs are cached per image, seed and
     guidance, so a sweep computes each reference image once.
     """
 

@@ -508,8 +508,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         training = {"preset": cfg.preset, "steps": step, "data": cfg.data, "batch_size": cfg.batch_size * world,
                     "crop": cfg.crop, "wall_seconds": round(wall, 1), "device": _device_name(device),
                     "teacher": cfg.teacher, "init": cfg.init, "degradation": cfg.degradation}
-        if cfg.teacher:  # the teacher guidance the student reproduces (the default of eval --reference)
-            training["teacher_guidance"] = cfg.guidance if cfg.objective == "meanflow" else 1.0
+        if cfg.teacher or cfg.objective == "meanflow":  # the CFG scale the student learnt (eval --reference's default)
+            training["teacher_guidance"] = cfg.distilled_guidance()
         if cfg.init:  # totals over this run and the runs behind the init model
             training.update(steps_total=before["steps"] + step,
                             wall_seconds_total=round(before["wall_seconds"] + wall, 1))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import flowsr.train as train_module
 from flowsr.checkpoint import load_model_dir
-from flowsr.config import apply_overrides, preset
+from flowsr.config import PRESETS, apply_overrides, preset
 from flowsr.train import read_log, train
 
 
@@ -75,6 +75,8 @@ def test_distillation_resumes_exactly(image_folder, tmp_path, monkeypatch, name)
                                               f"teacher={teacher}", "guidance=1.5"])
 
     reference = train(student_config(), tmp_path / "reference")
+    # the CFG scale the student learnt (eval --reference's default): OFTSR ignores guidance
+    assert load_model_dir(reference)[1].training["teacher_guidance"] == (1.5 if name == "tiny-meanflow" else 1.0)
     _interrupted_then_resumed(student_config, tmp_path / "resumed", monkeypatch)
     _assert_same_run(tmp_path / "resumed", reference)
 
@@ -130,6 +132,56 @@ def test_overrides_are_checked():
         apply_overrides(cfg, ["max_steps=ten"])
     with pytest.raises(ValueError, match="unknown preset"):
         preset("nope")
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("tiny-meanflow", ["mf_omega=0.75", "mf_kappa=0.5"], "invalid config: mf_omega=0.75 mf_kappa=0.5 apply only to "
+     "mf_target=conditional; with mf_target=teacher leave mf_omega=1 mf_kappa=0 and use guidance=1.5"),
+    # a preset's teacher-target settings, named as the preset's, with the overrides that undo them
+    ("meanflow-x4-pm", ["mf_target=conditional"], "invalid config: guidance=1.5 mf_student_states=0.5 (from preset "
+     "meanflow-x4-pm) apply only to mf_target=teacher; with mf_target=conditional add guidance=1 mf_student_states=0 "
+     "and give MeanFlow's own CFG scale as mf_omega / (1 - mf_kappa), e.g. mf_omega=1.5 for scale 1.5"),
+    ("tiny-meanflow", ["mf_target=conditional", "guidance=2", "mf_kappa=0.5"], "invalid config: guidance=2 applies only "
+     "to mf_target=teacher; with mf_target=conditional add guidance=1 and give MeanFlow's own CFG scale as "
+     "mf_omega / (1 - mf_kappa), e.g. mf_omega=1 for scale 2"),
+    ("tiny-meanflow", ["mf_target=conditional", "mf_kappa=1"], "invalid config: MeanFlow's CFG scale "
+     "mf_omega / (1 - mf_kappa) must be in (0, 20] (mf_omega > 0, mf_kappa < 1), got mf_omega=1 mf_kappa=1"),
+    ("tiny-meanflow", ["mf_target=conditional", "mf_kappa=1.5"], "got mf_omega=1 mf_kappa=1.5"),
+    ("tiny-meanflow", ["mf_target=conditional", "mf_omega=0"], "got mf_omega=0 mf_kappa=0"),
+    ("tiny-meanflow", ["mf_target=conditional", "mf_omega=3", "mf_kappa=0.9"], "got mf_omega=3 mf_kappa=0.9"),
+])
+def test_meanflow_cfg_options_its_target_ignores_are_refused(name, overrides, message):
+    cfg = apply_overrides(preset(name), overrides)
+    with pytest.raises(ValueError) as error:
+        cfg.validate()
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_presets_and_the_cfg_ablation_recipes_are_valid():
+    for name in PRESETS:
+        preset(name).validate()
+    # benchmarks/cfg_ablation.sh: w1.5 (teacher CFG) and mf-w1.5 (MeanFlow's own CFG) on the preset it trains
+    teacher_cfg = apply_overrides(preset("meanflow-x4-pm"), ["guidance=1.5"])
+    own_cfg = apply_overrides(preset("meanflow-x4-pm"), ["mf_target=conditional", "mf_kappa=0.5", "mf_omega=0.75",
+                                                         "guidance=1", "mf_student_states=0"])
+    for cfg in (teacher_cfg, own_cfg):
+        cfg.validate()
+        assert cfg.distilled_guidance() == 1.5
+    assert preset("tiny-oftsr").distilled_guidance() == 1.0
+
+
+def test_conditional_meanflow_records_its_own_cfg_scale(image_folder, tmp_path):
+    """mf_target=conditional needs no teacher; it records omega / (1 - kappa), eval --reference's default."""
+    import flowsr
+    from flowsr.evaluate import Reference
+
+    cfg = apply_overrides(preset("tiny-meanflow"), [*TINY_OVERRIDES, f"data={image_folder}", "max_steps=1",
+                                                    "teacher=", "mf_target=conditional", "mf_omega=0.6",
+                                                    "mf_kappa=0.6"])
+    out = train(cfg, tmp_path / "student")
+    model = flowsr.load(str(out), device="cpu")
+    assert model.config.training["teacher_guidance"] == pytest.approx(0.6 / (1 - 0.6))
+    assert Reference(upscaler=model).guidance_for(model) == pytest.approx(1.5)
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
