@@ -30,16 +30,6 @@ WHAT = {"bicubic": "bicubic interpolation", "regression": "regression baseline (
 # published bicubic x4 PSNR-Y / SSIM-Y (the values SR papers cite), against which the protocol is checked
 PUBLISHED_BICUBIC = {"Set5": "28.42 / 0.8104", "Set14": "26.09 / 0.7048", "BSD100": "25.96 / 0.6675"}
 
-TABLES = {}
-
-
-def table(name: str):
-    def register(function):
-        TABLES[name] = function
-        return function
-    return register
-
-
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -132,7 +122,6 @@ def rerun_note(names: list[str]) -> str:
     return f"results being regenerated: `python3 benchmarks/bundled_results.py --models {' '.join(names)}`"
 
 
-@table("bundled")
 def bundled_summary() -> str:
     """README: every bundled model at its serving settings, PSNR-Y / LPIPS / DISTS on the three sets."""
     configs, (entries, _) = bundled_configs(), measured()
@@ -190,11 +179,6 @@ def bundled_set(set_name: str) -> str:
     return text
 
 
-for _set in SETS:
-    table(f"bundled-{_set}")(lambda _set=_set: bundled_set(_set))
-
-
-@table("bundled-commands")
 def bundled_commands() -> str:
     """Which command, machine and weights each model's rows come from."""
     configs, (entries, stale) = bundled_configs(), measured()
@@ -215,7 +199,6 @@ def bundled_commands() -> str:
     return text
 
 
-@table("bicubic-protocol")
 def bicubic_protocol() -> str:
     """The protocol check: bicubic x4 against the published numbers."""
     entries, _ = measured()
@@ -229,7 +212,6 @@ def bicubic_protocol() -> str:
     return markdown(["set", "protocol", "PSNR-Y", "SSIM-Y", "published PSNR-Y / SSIM-Y"], rows)
 
 
-@table("models")
 def models_table() -> str:
     """README: what ships, from each model's config.json (as `flowsr models`)."""
     configs = bundled_configs()
@@ -265,7 +247,6 @@ TEACHER_AB_LABELS = {
 }
 
 
-@table("teacher-ab")
 def teacher_ab() -> str:
     data = json.loads((ROOT / "docs" / "cpu" / "teacher_ab.json").read_text())
     rows = data["rows"]
@@ -284,7 +265,6 @@ def teacher_ab() -> str:
         f"\n\n{data['dataset']}, {data['device']}, {data['threads']} thread; best value of each column in bold."
 
 
-@table("meanflow-ab")
 def meanflow_ab() -> str:
     folder = ROOT / "docs" / "cpu" / "meanflow_ab"
     body = []
@@ -299,7 +279,6 @@ def meanflow_ab() -> str:
 
 # -- the two training paths (docs/cpu/train_paths/README.md) ------------------------------------------------
 
-@table("train-paths-set5")
 def train_paths_set5() -> str:
     data = json.loads((ROOT / "docs" / "cpu" / "train_paths" / "eval-set5-300-steps.json").read_text())
     by_model = {r["model"]: r["metrics"] for r in data["results"]}
@@ -316,7 +295,6 @@ def train_paths_set5() -> str:
     return markdown(["model", "old, seed 0", "fast, seed 0", "old, seed 1", "fast, seed 1"], body)
 
 
-@table("train-speed-idle")
 def train_speed_idle() -> str:
     data = json.loads((ROOT / "docs" / "cpu" / "bench_train_idle.json").read_text())
     rows = data["rows"]
@@ -331,6 +309,20 @@ def train_speed_idle() -> str:
     presets = ", ".join(f"`{p}`" for p in dict.fromkeys(r["preset"] for r in rows))
     return markdown(["objective", "old crops/s", "fast crops/s", "fast / old", "GFLOP per step"], body) + \
         f"\n\n{data.get('machine', '?')}; presets {presets}, batch {first['batch']}, {first['crop']}² crops."
+
+
+# Every table a page may mark, by its marker name.
+TABLES = {
+    "bundled": bundled_summary,
+    **{f"bundled-{set_name}": (lambda set_name=set_name: bundled_set(set_name)) for set_name in SETS},
+    "bundled-commands": bundled_commands,
+    "bicubic-protocol": bicubic_protocol,
+    "models": models_table,
+    "teacher-ab": teacher_ab,
+    "meanflow-ab": meanflow_ab,
+    "train-paths-set5": train_paths_set5,
+    "train-speed-idle": train_speed_idle,
+}
 
 
 # -- files ---------------------------------------------------------------------------------------------

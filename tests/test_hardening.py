@@ -492,13 +492,18 @@ def test_progress_one_line_per_image_without_a_terminal(tmp_path, capsys):
     assert lines[2].startswith(f"[2/2] {source / 'b.png'} -> {tmp_path / 'out' / 'b.png'} (4x6 -> 16x24, ")
 
 
-def test_progress_bars_per_image_and_overall_on_a_terminal(tmp_path, capsys, monkeypatch):
+def upscale_two_images_on_a_terminal(tmp_path, monkeypatch, *flags) -> None:
+    """`flowsr upscale` of a folder of two PNGs with bicubic, stderr seen as a terminal."""
     source = tmp_path / "in"
     source.mkdir()
     png_file(source / "a.png")
     png_file(source / "b.png")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert main(["upscale", str(source), "-o", str(tmp_path / "out"), "--model", "bicubic"]) == 0
+    assert main(["upscale", str(source), "-o", str(tmp_path / "out"), "--model", "bicubic", *flags]) == 0
+
+
+def test_progress_bars_per_image_and_overall_on_a_terminal(tmp_path, capsys, monkeypatch):
+    upscale_two_images_on_a_terminal(tmp_path, monkeypatch)
     captured = capsys.readouterr()
     assert "upscale: 100%" in captured.err and "2/2" in captured.err  # overall
     assert "a.png:" in captured.err and "0/1 [" in captured.err and "tile/s" in captured.err  # per image, in tiles
@@ -506,12 +511,7 @@ def test_progress_bars_per_image_and_overall_on_a_terminal(tmp_path, capsys, mon
 
 
 def test_quiet_shows_no_bars_and_no_line_per_image(tmp_path, capsys, monkeypatch):
-    source = tmp_path / "in"
-    source.mkdir()
-    png_file(source / "a.png")
-    png_file(source / "b.png")
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert main(["upscale", str(source), "-o", str(tmp_path / "out"), "--model", "bicubic", "--quiet"]) == 0
+    upscale_two_images_on_a_terminal(tmp_path, monkeypatch, "--quiet")
     captured = capsys.readouterr()
     assert captured.err == "" and "[1/2]" not in captured.out and "2 written" in captured.out
 
