@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flowsr.catalog import weights_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "flowsr" / "weights"
 DEFAULT_OUT = ROOT / "docs" / "results" / "bundled.json"
@@ -52,11 +54,7 @@ def kind_of(name: str) -> str:
 
 def sha256(name: str) -> str | None:
     """SHA-256 of the shipped weights file; None for bicubic (no weights)."""
-    if name == "bicubic":
-        return None
-    import hashlib
-
-    return hashlib.sha256((WEIGHTS / name / "model.safetensors").read_bytes()).hexdigest()
+    return None if name == "bicubic" else weights_sha256(WEIGHTS / name)
 
 
 def machine() -> str:

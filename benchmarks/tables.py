@@ -13,11 +13,12 @@ recorded SHA-256 with its shipped weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
 from pathlib import Path
+
+from flowsr.catalog import weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
@@ -33,10 +34,6 @@ PUBLISHED_BICUBIC = {"Set5": "28.42 / 0.8104", "Set14": "26.09 / 0.7048", "BSD10
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- the bundled models --------------------------------------------------------------------------------
@@ -80,8 +77,8 @@ def measured() -> tuple[dict[tuple[str, str], dict], list[str]]:
     for entry in data["entries"]:
         name = entry["model"]
         if name != "bicubic":
-            weights = WEIGHTS / name / "model.safetensors"
-            if not weights.is_file() or entry["sha256"] != sha256(weights):
+            directory = WEIGHTS / name
+            if not (directory / "model.safetensors").is_file() or entry["sha256"] != weights_sha256(directory):
                 stale.append(name)
                 continue
         entries[(name, entry["set"])] = entry

@@ -1,13 +1,14 @@
 """No number drifts from what ships: every marked table in README.md and docs/ is what benchmarks/tables.py
 writes from committed JSON, and the bundled models' rows come from the shipped weights (SHA-256)."""
 
-import hashlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from flowsr.catalog import weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_bundled_rows_come_from_the_shipped_weights():
             continue
         weights = tables.WEIGHTS / name / "model.safetensors"
         assert weights.is_file(), f"{name}: in {tables.BUNDLED_JSON.name} but not shipped"
-        if entry["sha256"] != hashlib.sha256(weights.read_bytes()).hexdigest():
+        if entry["sha256"] != weights_sha256(weights.parent):
             wrong.append(f"{name} ({entry['set']})")
     names = " ".join(sorted({w.split()[0] for w in wrong}))
     assert not wrong, f"measured with other weights than the shipped ones: {wrong}; run " \
@@ -109,7 +110,7 @@ def test_rerunning_some_models_replaces_only_their_rows(tmp_path):
 
 
 def test_rows_of_other_weights_are_left_out_of_the_tables(tmp_path, monkeypatch):
-    shipped = hashlib.sha256((tables.WEIGHTS / "regression-x4" / "model.safetensors").read_bytes()).hexdigest()
+    shipped = weights_sha256(tables.WEIGHTS / "regression-x4")
     path = tmp_path / "bundled.json"
     path.write_text(json.dumps({"entries": [_entry("regression-x4", "Set5", 12.34, "0" * 64),
                                             _entry("bsrn-x4", "Set5", 56.78, "1" * 64)]}))
