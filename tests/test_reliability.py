@@ -223,7 +223,7 @@ def image_files(draw) -> bytes:
     return bytes(data[:cut])
 
 
-@settings(max_examples=100, deadline=None, database=None,
+@settings(max_examples=100, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=image_files(), extension=st.sampled_from([".png", ".jpg", ".webp", ".gif", ".tif"]))
 def test_fuzz_upscale_never_crashes(data, extension):
@@ -241,7 +241,9 @@ def test_fuzz_upscale_never_crashes(data, extension):
         assert code in (0, 1)
         if code == 0:
             assert errors == [] and out.getvalue().splitlines()[-1].startswith("1 written")
-            with PIL.Image.open(Path(folder) / "out" / "fuzz.png") as result:
+            # a damaged header can claim e.g. 201 x 55809 px (under our 64 MP input limit): its x4 output is
+            # over Pillow's decompression-bomb limit, which guards reading untrusted files, not this check
+            with flowsr.io._pillow_limit(None), PIL.Image.open(Path(folder) / "out" / "fuzz.png") as result:
                 assert result.size[0] % 4 == 0 and result.size[1] % 4 == 0
         else:
             assert len(errors) == 1 and errors[0].startswith(f"error: {path}: "), errors
