@@ -8,7 +8,11 @@ wX distilled with teacher CFG at X, mf-wX trained with MeanFlow's own CFG at eff
 benchmarks/cfg_ablation.sh). In each set's table the best student value of each column among the students at the
 same step count is in bold (PSNR-Y, SSIM-Y, ref PSNR-Y: highest; LPIPS, DISTS: lowest; HF ratio: closest to 1);
 the teacher rows are the ceilings and are not marked. With RUNS (the students' run directories), each student's
-training record (recipe, steps, wall time, device) is tabulated too: equal wall time, not equal steps.
+training record (recipe, steps, wall time, device) is tabulated too.
+
+OUT_PREFIX.md is a page whose table sits between <!-- table:cfg-ablation --> markers: an existing page keeps its
+text (the conclusions) and only the marked table is rewritten; a missing one is created around the table.
+`python3 benchmarks/tables.py` regenerates the same table from the committed docs/cfg_ablation.json.
 """
 
 from __future__ import annotations
@@ -125,23 +129,43 @@ def training_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tables(data: dict) -> str:
+    """The Markdown of a report's JSON (``{"rows", "training"}``): what was held equal, the training records and
+    one table per set. A function of the JSON alone, so benchmarks/tables.py rewrites it from the committed file."""
+    records, rows = data["training"], data["rows"]
+    steps = {r["steps"] for r in records}
+    budget = (f"the same {steps.pop()} training steps" if len(steps) == 1 else "equal wall time") if records else \
+        "one budget each"
+    reference = sorted({r["reference"]["steps"] for r in rows if "reference" in r})
+    text = (f"MeanFlow students from one teacher, {budget} and seed (benchmarks/cfg_ablation.sh). Bold: the best "
+            "student at that step count (HF ratio: closest to 1). ref PSNR-Y: against the teacher's "
+            f"{'/'.join(map(str, reference)) or '–'}-step output at the scale the student distilled, from the same "
+            "noise.\n\n")
+    if records:
+        text += "Training:\n\n" + training_table(records) + "\n"
+    return text + markdown(rows)
+
+
+MARKER = ("<!-- table:cfg-ablation -->\n", "<!-- /table:cfg-ablation -->")
+
+
 def main(results: Path, prefix: Path, runs: Path | None = None) -> None:
     rows = load_rows(results)
     if not rows:
         raise SystemExit(f"{results}: no flowsr eval JSON (run benchmarks/cfg_ablation_eval.sh first)")
     mark_best(rows)
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["role"] == "student"))
-    records = training(runs, variants) if runs is not None else []
+    data = {"rows": rows, "training": training(runs, variants) if runs is not None else []}
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps({"rows": rows, "training": records}, indent=1) + "\n")
-    text = ("MeanFlow students from one teacher, equal wall time and seed (benchmarks/cfg_ablation.sh). Bold: the best "
-            "student at that step count (HF ratio: closest to 1). ref PSNR-Y: against the teacher's 32-step output "
-            "at the scale the student distilled, from the same noise.\n\n")
-    if records:
-        text += "Training:\n\n" + training_table(records) + "\n"
-    text += markdown(rows)
-    prefix.with_suffix(".md").write_text(text)
-    print(text)
+    prefix.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    table = tables(data).strip("\n") + "\n"
+    page = prefix.with_suffix(".md")
+    text = page.read_text() if page.exists() else "# Teacher CFG distillation, measured\n\n" + "".join(MARKER) + "\n"
+    before, found, rest = text.partition(MARKER[0])
+    if not found or MARKER[1] not in rest:
+        raise SystemExit(f"{page}: no {MARKER[0].strip()} ... {MARKER[1]} markers to write the table between")
+    page.write_text(before + MARKER[0] + table + MARKER[1] + rest.split(MARKER[1], 1)[1])
+    print(table)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
 below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
-the models' config.json, docs/cpu/*.json). Tables outside markers are historical records: they are not
-regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and compares each bundled model's
-recorded SHA-256 with its shipped weights.
+the models' config.json, docs/cpu/*.json, docs/cfg_ablation.json). Tables outside markers are historical
+records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and compares each
+bundled model's recorded SHA-256 with its shipped weights.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 from flowsr.catalog import weights_sha256
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cfg_ablation_report  # noqa: E402  (benchmarks/ is not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
@@ -319,6 +322,7 @@ TABLES = {
     "meanflow-ab": meanflow_ab,
     "train-paths-set5": train_paths_set5,
     "train-speed-idle": train_speed_idle,
+    "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
 }
 
 

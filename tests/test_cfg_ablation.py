@@ -92,6 +92,23 @@ def test_report_files(results, tmp_path):
     assert mf.endswith("| – |") and "**1.10**" in mf
     teacher = [line for line in lines if line.startswith("| teacher-w1.5 |")]
     assert "(the reference)" in teacher[1] and "(the reference)" not in teacher[0] and "**" not in "".join(teacher)
+    assert "one teacher, the same 44 training steps and seed" in text and "teacher's 32-step output" in text
+    assert text.count("<!-- table:cfg-ablation -->") == 1 and text.rstrip().endswith("<!-- /table:cfg-ablation -->")
+
+
+def test_report_keeps_the_pages_text_and_tables_py_writes_the_same_table(results, tmp_path):
+    prefix = tmp_path / "cfg_ablation"
+    page = "# Title\n\nWhat holds.\n\n<!-- table:cfg-ablation -->\nstale\n<!-- /table:cfg-ablation -->\n\nAfter.\n"
+    prefix.with_suffix(".md").write_text(page)
+    report.main(results, prefix)
+    text = prefix.with_suffix(".md").read_text()
+    assert text.startswith("# Title\n\nWhat holds.\n\n<!-- table:cfg-ablation -->\n") and text.endswith("\n\nAfter.\n")
+    assert "stale" not in text and "one budget each" in text
+    table = report.tables(json.loads(prefix.with_suffix(".json").read_text()))
+    assert "<!-- table:cfg-ablation -->\n" + table.strip("\n") + "\n<!-- /table:cfg-ablation -->" in text
+    prefix.with_suffix(".md").write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- table:cfg-ablation --> ... <!-- /table:cfg-ablation --> markers"):
+        report.main(results, prefix)
 
 
 def test_empty_results_refused(tmp_path):

@@ -141,9 +141,9 @@ def test_overrides_are_checked():
     ("meanflow-x4-pm", ["mf_target=conditional"], "invalid config: guidance=1.5 mf_student_states=0.5 (from preset "
      "meanflow-x4-pm) apply only to mf_target=teacher; with mf_target=conditional add guidance=1 mf_student_states=0 "
      "and give MeanFlow's own CFG scale as mf_omega / (1 - mf_kappa), e.g. mf_omega=1.5 for scale 1.5"),
-    ("tiny-meanflow", ["mf_target=conditional", "guidance=2", "mf_kappa=0.5"], "invalid config: guidance=2 applies only "
-     "to mf_target=teacher; with mf_target=conditional add guidance=1 and give MeanFlow's own CFG scale as "
-     "mf_omega / (1 - mf_kappa), e.g. mf_omega=1 for scale 2"),
+    ("tiny-meanflow", ["mf_target=conditional", "guidance=2", "mf_kappa=0.5"],
+     "invalid config: guidance=2 applies only to mf_target=teacher; with mf_target=conditional add guidance=1 and "
+     "give MeanFlow's own CFG scale as mf_omega / (1 - mf_kappa), e.g. mf_omega=1 for scale 2"),
     ("tiny-meanflow", ["mf_target=conditional", "mf_kappa=1"], "invalid config: MeanFlow's CFG scale "
      "mf_omega / (1 - mf_kappa) must be in (0, 20] (mf_omega > 0, mf_kappa < 1), got mf_omega=1 mf_kappa=1"),
     ("tiny-meanflow", ["mf_target=conditional", "mf_kappa=1.5"], "got mf_omega=1 mf_kappa=1.5"),
