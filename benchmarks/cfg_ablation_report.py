@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from start_ab_report import COLUMNS, SET_ORDER, cell  # noqa: E402  (benchmarks/ is not a package)
+from marked import write_marked  # noqa: E402  (benchmarks/ is not a package)
+from start_ab_report import COLUMNS, SET_ORDER, cell  # noqa: E402
 
 # each column's score: the smallest wins
 BEST = {"psnr_y": lambda v: -v, "ssim_y": lambda v: -v, "lpips": lambda v: v, "dists": lambda v: v,
@@ -146,9 +147,6 @@ def tables(data: dict) -> str:
     return text + markdown(rows)
 
 
-MARKER = ("<!-- table:cfg-ablation -->\n", "<!-- /table:cfg-ablation -->")
-
-
 def main(results: Path, prefix: Path, runs: Path | None = None) -> None:
     rows = load_rows(results)
     if not rows:
@@ -158,13 +156,8 @@ def main(results: Path, prefix: Path, runs: Path | None = None) -> None:
     data = {"rows": rows, "training": training(runs, variants) if runs is not None else []}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    table = tables(data).strip("\n") + "\n"
-    page = prefix.with_suffix(".md")
-    text = page.read_text() if page.exists() else "# Teacher CFG distillation, measured\n\n" + "".join(MARKER) + "\n"
-    before, found, rest = text.partition(MARKER[0])
-    if not found or MARKER[1] not in rest:
-        raise SystemExit(f"{page}: no {MARKER[0].strip()} ... {MARKER[1]} markers to write the table between")
-    page.write_text(before + MARKER[0] + table + MARKER[1] + rest.split(MARKER[1], 1)[1])
+    table = tables(data)
+    write_marked(prefix.with_suffix(".md"), "cfg-ablation", table, "Teacher CFG distillation, measured")
     print(table)
 
 

@@ -5,7 +5,9 @@ table per test set, and all rows in one JSON.
 
 RESULTS_DIR holds <set>-starts.json and <set>-<variant>-<role>.json (role: teacher, oftsr, meanflow), variant
 ``<start>-s<sigma_p>`` (see benchmarks/start_ab.sh). The training record of each model (steps, wall time,
-device) is read from its config.json beside the run when it is there.
+device) is read from its config.json beside the run when it is there. OUT_PREFIX.md keeps its text; only the table
+between its <!-- table:start-ab --> markers is rewritten (`python3 benchmarks/tables.py` writes the same from the
+committed docs/start_ab.json).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from marked import write_marked  # noqa: E402  (benchmarks/ is not a package)
 
 COLUMNS = [("NFE", "nfe"), ("PSNR-Y", "psnr_y"), ("SSIM-Y", "ssim_y"), ("LPIPS", "lpips"), ("DISTS", "dists"),
            ("HF ratio", "hf_ratio"), ("ref PSNR-Y", "ref_psnr_y")]
@@ -97,13 +102,19 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tables(data: dict) -> str:
+    """The Markdown of a report's JSON (``{"rows"}``); benchmarks/tables.py rewrites it from the committed file."""
+    rows = data["rows"]
+    return "Each cell: PSNR-Y / LPIPS / DISTS (setting).\n\n" + summary(rows) + "\n" + markdown(rows)
+
+
 def main(results: Path, prefix: Path) -> None:
-    rows = load_rows(results)
+    data = {"rows": load_rows(results)}
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    text = ("Each cell: PSNR-Y / LPIPS / DISTS (setting).\n\n" + summary(rows) + "\n" + markdown(rows))
-    prefix.with_suffix(".md").write_text(text)
-    print(text)
+    prefix.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    table = tables(data)
+    write_marked(prefix.with_suffix(".md"), "start-ab", table, "Start-network A/B, measured")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
 below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
-the models' config.json, docs/cpu/*.json, docs/cfg_ablation.json). Tables outside markers are historical
-records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and compares each
-bundled model's recorded SHA-256 with its shipped weights.
+the models' config.json, docs/cpu/*.json, docs/start_ab.json, docs/cfg_ablation.json). Tables outside markers are
+historical records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and
+compares each bundled model's recorded SHA-256 with its shipped weights.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from flowsr.catalog import weights_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cfg_ablation_report  # noqa: E402  (benchmarks/ is not a package)
+import start_ab_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
@@ -322,6 +323,7 @@ TABLES = {
     "meanflow-ab": meanflow_ab,
     "train-paths-set5": train_paths_set5,
     "train-speed-idle": train_speed_idle,
+    "start-ab": lambda: start_ab_report.tables(json.loads((ROOT / "docs" / "start_ab.json").read_text())),
     "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
 }
 
