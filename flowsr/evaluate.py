@@ -234,7 +234,7 @@ class Reference:
         if noisy and model.config.sigma_p != ref.config.sigma_p:
             raise ValueError(f"--reference {ref.name}: sigma_p {ref.config.sigma_p} differs from {model.name}'s "
                              f"{model.config.sigma_p}, so their source noise differs")
-        if noisy and model.config.start_sha256 != ref.config.start_sha256:
+        if noisy and model.start_origin != ref.start_origin:
             raise ValueError(f"--reference {ref.name} starts from {ref.config.start}, {model.name} from "
                              f"{model.config.start}: their flows differ")
 

@@ -162,6 +162,7 @@ def export(model: str | Path, directory: str | Path, opset: int | None = None, d
         spec["h_zero_is_no_h"] = without_h
     spec["flops_per_pixel"] = network_flops_per_pixel(net, config)
     spec["exported_from"] = str(model)
+    spec["weights_sha256"] = weights_sha256(source)  # the torch weights (a start's: Upscaler.start_origin)
     spec["versions"] = {"flowsr": flowsr.__version__, "torch": torch.__version__.split("+")[0],
                         "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     payload = {**json.loads(config.to_json()), "onnx": spec}

@@ -225,6 +225,16 @@ class Upscaler:
             print(f"note: out of GPU memory; retrying with {tile}-pixel tiles", file=sys.stderr)
 
     @property
+    def start_origin(self) -> str:
+        """The SHA-256 of the torch weights of this flow's start network ("" for a bicubic start), also for an
+        ONNX export, whose start is recorded by its model.onnx: two models with equal start_origin start their
+        flows at the same network (exports before the record: the model.onnx checksum)."""
+        if self.config is None or self.config.start == "bicubic":
+            return ""
+        graph = getattr(self.start.net, "graph", None) if self.start is not None else None
+        return (graph or {}).get("weights_sha256") or self.config.start_sha256
+
+    @property
     def _needs_noise(self) -> bool:
         return self.net is not None and self.config.kind not in START_KINDS
 

@@ -619,6 +619,27 @@ def test_eval_and_bench_run_on_sr_and_started_exports(started, image_folder, tmp
 
 
 @needs_onnx
+def test_a_started_export_is_scored_against_its_torch_teacher_like_its_source(started, image_folder, tmp_path):
+    """eval --reference compares the flows' starts by the torch weights they came from: the export's start is
+    recorded by its model.onnx, and its graph section names the BSRN weights it was exported from."""
+    source, exported = started
+    graph = json.loads((exported / "start" / "config.json").read_text())["onnx"]
+    assert graph["weights_sha256"] == weights_sha256(bundled_models()["bsrn-x4"])
+    teacher = tiny_model(tmp_path / "teacher", "flow")
+    config = ModelConfig.from_dict(json.loads((teacher / "config.json").read_text()))
+    config.start, config.start_sha256 = "bsrn-x4", weights_sha256(bundled_models()["bsrn-x4"])
+    (teacher / "config.json").write_text(config.to_json())
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(source), str(exported), "--data", str(image_folder), "--metrics", "psnr",
+                 "--reference", str(teacher), "--reference-steps", "2", "--quiet", "--json", str(out)]) == 0
+    ref = [row["metrics"]["ref_psnr_y"] for row in json.loads(out.read_text())["results"]]
+    assert ref[0] == pytest.approx(ref[1], abs=1e-3) and 10 < ref[0] < 100
+    # a teacher that starts elsewhere (bicubic) is still refused, for the export as for its source
+    assert main(["eval", "--model", str(exported), "--data", str(image_folder), "--metrics", "psnr",
+                 "--reference", str(tiny_model(tmp_path / "bicubic-teacher", "flow")), "--quiet"]) != 0
+
+
+@needs_onnx
 def test_export_of_a_model_whose_start_differs_is_refused_and_writes_nothing(started, tmp_path):
     import shutil
 
