@@ -30,7 +30,7 @@ PARITY_TOLERANCE = 1e-5  # the same module on the same input: only float reassoc
 
 def read_weights(path: Path) -> dict:
     """The tensors of a weights file: ``.safetensors`` with safetensors, a pickle only with ``torch.load(...,
-    weights_only=True)``. ValueError in one line naming the file otherwise."""
+    weights_only=True)``. ValueError (ModelLoadError: not a regular file) in one line naming the file otherwise."""
     path = Path(path)
     check_regular_file(path, "no such file")
     suffix = path.suffix.lower()
