@@ -266,6 +266,22 @@ def teacher_ab() -> str:
         f"\n\n{data['dataset']}, {data['device']}, {data['threads']} thread; best value of each column in bold."
 
 
+def start_nets() -> str:
+    """BSRN and RLFN as implemented in flowsr against their published x4 numbers (docs/start_nets.json, written by
+    benchmarks/start_nets.py)."""
+    data = json.loads((ROOT / "docs" / "start_nets.json").read_text())
+    body = []
+    for set_name, rows in data["sets"].items():
+        cells = [set_name]
+        for net in ("bsrn", "rlfn"):
+            row = rows[net]
+            note = " (see below)" if not row["within_tolerance"] else ""
+            cells += [f"{row['psnr_y']:.3f} / {row['ssim_y']:.4f}", f"{row['published_psnr_y']:.2f}{note}"]
+        cells.append(f"{rows['bicubic']['psnr_y']:.3f} / {rows['bicubic']['ssim_y']:.4f}")
+        body.append(cells)
+    return markdown(["set", "BSRN PSNR-Y / SSIM-Y", "published", "RLFN PSNR-Y / SSIM-Y", "published", "bicubic"], body)
+
+
 def meanflow_ab() -> str:
     folder = ROOT / "docs" / "cpu" / "meanflow_ab"
     body = []
@@ -323,6 +339,7 @@ TABLES = {
     "meanflow-ab": meanflow_ab,
     "train-paths-set5": train_paths_set5,
     "train-speed-idle": train_speed_idle,
+    "start-nets": start_nets,
     "start-ab": lambda: start_ab_report.tables(json.loads((ROOT / "docs" / "start_ab.json").read_text())),
     "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
 }
