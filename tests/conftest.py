@@ -82,3 +82,27 @@ def deflate_zeros(size: int) -> bytes:
         parts.append(compressor.compress(zeros[:min(size, len(zeros))]))
         size -= len(zeros)
     return b"".join(parts) + compressor.flush()
+
+
+def poison_loss_at_call(monkeypatch, run_folder: Path, call: int, factor: float) -> dict:
+    """Make flowsr.train's loss of the ``call``-th training step (1-based) ``loss * factor`` (NaN or Inf): the
+    run's ``checkpoint.safetensors`` as it was at that moment is returned in ``snapshot["checkpoint"]``."""
+    import flowsr.train as train_module
+
+    real_build_loss, snapshot = train_module.build_loss, {}
+
+    def build_loss(cfg, teacher=None):
+        loss_fn, calls = real_build_loss(cfg, teacher), {"n": 0}
+
+        def poisoned(net, batch):
+            loss, logs = loss_fn(net, batch)
+            calls["n"] += 1
+            if calls["n"] == call:
+                snapshot["checkpoint"] = (run_folder / "checkpoint.safetensors").read_bytes()
+                return loss * factor, logs
+            return loss, logs
+
+        return poisoned
+
+    monkeypatch.setattr(train_module, "build_loss", build_loss)
+    return snapshot

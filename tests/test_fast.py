@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, poison_loss_at_call
 from safetensors import safe_open
 
 import flowsr.train as train_module
@@ -116,22 +116,8 @@ def test_both_paths_resume_exactly(image_folder, tmp_path, monkeypatch, fast):
 
 def test_fast_path_checks_losses_every_log_row_and_keeps_the_last_good_checkpoint(image_folder, tmp_path,
                                                                                    monkeypatch):
-    out, real_build_loss, snapshot = tmp_path / "run", train_module.build_loss, {}
-
-    def build_loss(cfg, teacher=None):
-        loss_fn, calls = real_build_loss(cfg, teacher), {"n": 0}
-
-        def poisoned(net, batch):
-            loss, logs = loss_fn(net, batch)
-            calls["n"] += 1
-            if calls["n"] == 6:  # step index 5: NaN from here on (the weights go NaN too)
-                snapshot["checkpoint"] = (out / "checkpoint.safetensors").read_bytes()
-                return loss * float("nan"), logs
-            return loss, logs
-
-        return poisoned
-
-    monkeypatch.setattr(train_module, "build_loss", build_loss)
+    out = tmp_path / "run"
+    snapshot = poison_loss_at_call(monkeypatch, out, 6, float("nan"))  # step index 5: NaN (the weights go NaN too)
     # checked at log rows (every 4 steps) and before checkpoints (every 2): found before the step-6 checkpoint
     with pytest.raises(train_module.TrainingDiverged, match="loss is nan at step 5; the last good checkpoint"):
         train(config(image_folder, "log_every=4", "ckpt_every=2", "max_steps=12"), out)

@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, make_image
+from conftest import TINY_OVERRIDES, make_image, poison_loss_at_call
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file
 import flowsr
 import flowsr.checkpoint
 import flowsr.io
-import flowsr.train as train_module
 from flowsr.checkpoint import save_model_dir
 from flowsr.cli import main, output_path
 from flowsr.config import ModelConfig
@@ -588,22 +587,8 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(image_folder, tmp
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(image_folder, tmp_path, capsys, monkeypatch, bad):
-    out, real_build_loss, snapshot = tmp_path / "run", train_module.build_loss, {}
-
-    def build_loss(cfg, teacher=None):
-        loss_fn, calls = real_build_loss(cfg, teacher), {"n": 0}
-
-        def poisoned(net, batch):
-            loss, logs = loss_fn(net, batch)
-            calls["n"] += 1
-            if calls["n"] == 6:  # step index 5; the last checkpoint is from step 4
-                snapshot["checkpoint"] = (out / "checkpoint.safetensors").read_bytes()
-                return loss * bad, logs
-            return loss, logs
-
-        return poisoned
-
-    monkeypatch.setattr(train_module, "build_loss", build_loss)
+    out = tmp_path / "run"
+    snapshot = poison_loss_at_call(monkeypatch, out, 6, bad)  # step index 5; the last checkpoint is from step 4
     assert main(_tiny_train_args(image_folder, out, "max_steps=8")) == 1
     err = capsys.readouterr().err
     message = err[err.index("error: "):].splitlines()[0]  # (after any progress bar text)
