@@ -11,7 +11,7 @@
 #
 # TEACHER (default models/gpu-pm/bsrn-x4-s0.1/teacher: the one the students were distilled from), SETS (default
 # Set5 Set14 BSD100), METRICS (default psnr,ssim,lpips,dists,hf), LIMIT=N: the first N images of each set only
-# (stated in the table), NO_REFERENCE=1 skips ref_psnr_y, TEACHER_W (default "1 1.5 2.5"), TEACHER_STEPS
+# (stated in the table), NO_REFERENCE=1 skips ref_psnr_y, TEACHER_W (default "1 1.5 2.5"; "" none), TEACHER_STEPS
 # (default 1,2,4,32), REFERENCE_STEPS (default 32: the teacher's Euler steps that ref_psnr_y compares against; on a
 # CPU 8 costs a quarter). Results already in $RESULTS are kept (delete a file to redo it).
 set -u
@@ -21,7 +21,7 @@ RESULTS=${RESULTS:-$RUNS/eval}
 TEACHER=${TEACHER:-models/gpu-pm/bsrn-x4-s0.1/teacher}
 SETS=${SETS:-Set5 Set14 BSD100}
 METRICS=${METRICS:-psnr,ssim,lpips,dists,hf}
-TEACHER_W=${TEACHER_W:-1 1.5 2.5}
+TEACHER_W=${TEACHER_W-1 1.5 2.5}
 TEACHER_STEPS=${TEACHER_STEPS:-1,2,4,32}
 REFERENCE_STEPS=${REFERENCE_STEPS:-32}
 mkdir -p "$RESULTS"
