@@ -2,8 +2,8 @@
 # Equal-budget CFG ablation of the MeanFlow student (issue 24: MFSR, arXiv 2603.20690, claims that distilling the
 # teacher's guided velocity beats MeanFlow's own CFG). From one teacher and one start, with the same seed and the
 # same wall time each, all side by side (each gets the same share of the machine):
-#   w1       guidance=1: the teacher's conditional velocity, no guidance
-#   w1.5     teacher CFG: v_T(0) + 1.5 (v_T(c) - v_T(0)) distilled (the shipped recipe)
+#   w1       guidance=1: the teacher's conditional velocity, no guidance (the presets' since this ablation)
+#   w1.5     teacher CFG: v_T(0) + 1.5 (v_T(c) - v_T(0)) distilled (the shipped meanflow-x4's)
 #   w2.5     teacher CFG at 2.5
 #   mf-w1.5  MeanFlow's own CFG (arXiv 2505.13447, Sec. 4.2 and its improved-CFG appendix): mf_target=conditional,
 #            the data velocity x1 - x0 mixed with the student's own instantaneous velocities,

@@ -416,7 +416,9 @@ def _gpu(**kw) -> TrainConfig:
 # start(lq) + sigma_p eps, with start = the published BSRN x4 (override start=rlfn-x4, or any model of kind sr or
 # regression), so the fidelity end is strong by construction and the flow only adds texture. sigma_p 0.1 is
 # PMRF's; benchmarks/start_ab.sh measures it against 0.2 and the bicubic start. The GPU net is sized so that
-# start + one-step student stay within 2x the start network's CPU latency (target S6).
+# start + one-step student stay within 2x the start network's CPU latency (target S6). The MeanFlow students distil
+# the unguided teacher (guidance=1): teacher CFG at 1.5 won PSNR but lost LPIPS/DISTS on Set14 and BSD100 and 2.5
+# diverged (docs/cfg_ablation.md, issue 24).
 GPU_PM_NET = dict(TINY_NET, channels=40)
 
 
@@ -441,14 +443,13 @@ PRESETS = {
     "tiny-oftsr-pm": lambda: _pm(_tiny, preset="tiny-oftsr-pm", objective="oftsr", max_steps=1000, lr=2e-4,
                                  warmup=50, teacher="runs/tiny-teacher-pm"),
     "tiny-meanflow-pm": lambda: _pm(_tiny, preset="tiny-meanflow-pm", objective="meanflow", max_steps=1000,
-                                    lr=2e-4, warmup=50, teacher="runs/tiny-teacher-pm", guidance=1.5,
-                                    mf_student_states=0.5),
+                                    lr=2e-4, warmup=50, teacher="runs/tiny-teacher-pm", mf_student_states=0.5),
     "teacher-x4-pm": lambda: _pm(_gpu, preset="teacher-x4-pm", objective="flow_matching", default_steps=4,
                                  net=NetConfig(**GPU_PM_NET)),
     "oftsr-x4-pm": lambda: _pm(_gpu, preset="oftsr-x4-pm", objective="oftsr", max_steps=5000, lr=1e-4, warmup=100,
                                teacher="runs/teacher-x4-pm", net=NetConfig(**GPU_PM_NET)),
     "meanflow-x4-pm": lambda: _pm(_gpu, preset="meanflow-x4-pm", objective="meanflow", max_steps=5000, lr=1e-4,
-                                  warmup=100, teacher="runs/teacher-x4-pm", guidance=1.5, mf_student_states=0.5,
+                                  warmup=100, teacher="runs/teacher-x4-pm", mf_student_states=0.5,
                                   net=NetConfig(**GPU_PM_NET)),
     # real-world: trained on Real-ESRGAN second-order degradations instead of bicubic
     "tiny-teacher-real": lambda: _tiny(preset="tiny-teacher-real", objective="flow_matching", default_steps=4,

@@ -138,8 +138,11 @@ def test_overrides_are_checked():
     ("tiny-meanflow", ["mf_omega=0.75", "mf_kappa=0.5"], "invalid config: mf_omega=0.75 mf_kappa=0.5 apply only to "
      "mf_target=conditional; with mf_target=teacher leave mf_omega=1 mf_kappa=0 and use guidance=1.5"),
     # a preset's teacher-target settings, named as the preset's, with the overrides that undo them
-    ("meanflow-x4-pm", ["mf_target=conditional"], "invalid config: guidance=1.5 mf_student_states=0.5 (from preset "
-     "meanflow-x4-pm) apply only to mf_target=teacher; with mf_target=conditional add guidance=1 mf_student_states=0 "
+    ("meanflow-x4-pm", ["mf_target=conditional"], "invalid config: mf_student_states=0.5 (from preset "
+     "meanflow-x4-pm) applies only to mf_target=teacher; with mf_target=conditional add mf_student_states=0 "
+     "and give MeanFlow's own CFG scale as mf_omega / (1 - mf_kappa)"),
+    ("meanflow-x4-pm", ["mf_target=conditional", "guidance=1.5"], "invalid config: guidance=1.5 mf_student_states=0.5 "
+     "apply only to mf_target=teacher; with mf_target=conditional add guidance=1 mf_student_states=0 "
      "and give MeanFlow's own CFG scale as mf_omega / (1 - mf_kappa), e.g. mf_omega=1.5 for scale 1.5"),
     ("tiny-meanflow", ["mf_target=conditional", "guidance=2", "mf_kappa=0.5"],
      "invalid config: guidance=2 applies only to mf_target=teacher; with mf_target=conditional add guidance=1 and "
@@ -160,6 +163,8 @@ def test_meanflow_cfg_options_its_target_ignores_are_refused(name, overrides, me
 def test_presets_and_the_cfg_ablation_recipes_are_valid():
     for name in PRESETS:
         preset(name).validate()
+    # issue 24 (docs/cfg_ablation.md): the start-network MeanFlow presets distil the unguided teacher
+    assert preset("meanflow-x4-pm").distilled_guidance() == preset("tiny-meanflow-pm").distilled_guidance() == 1.0
     # benchmarks/cfg_ablation.sh: w1.5 (teacher CFG) and mf-w1.5 (MeanFlow's own CFG) on the preset it trains
     teacher_cfg = apply_overrides(preset("meanflow-x4-pm"), ["guidance=1.5"])
     own_cfg = apply_overrides(preset("meanflow-x4-pm"), ["mf_target=conditional", "mf_kappa=0.5", "mf_omega=0.75",
