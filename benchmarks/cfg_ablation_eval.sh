@@ -2,8 +2,8 @@
 # Evaluate the CFG ablation (benchmarks/cfg_ablation.sh) on the CPU: the teacher at each guidance of TEACHER_W at
 # TEACHER_STEPS Euler steps (its REFERENCE_STEPS row is the ceiling each student copies), and every student under
 # $RUNS at 1/2/4 steps, also scored against the teacher's REFERENCE_STEPS-step output from the same noise at the
-# scale the student distilled (ref_psnr_y): guidance for a teacher-CFG student, omega / (1 - kappa) for MeanFlow's own CFG, read from
-# its train_config.json and passed as --reference-guidance (eval's default, the recorded teacher_guidance, is
+# scale the student distilled (ref_psnr_y): guidance for a teacher-CFG student, omega / (1 - kappa) for MeanFlow's
+# own CFG, read from its train_config.json and passed as --reference-guidance (eval's default, the recorded teacher_guidance, is
 # checked against it). Then the JSON + Markdown table:
 #
 #   RUNS=runs/cfg-ab RESULTS=runs/cfg-ab/eval bash benchmarks/cfg_ablation_eval.sh
@@ -53,7 +53,8 @@ for SET in $SETS; do
   for D in "$RUNS"/*/; do
     V=$(basename "$D"); [ -f "$D/model.safetensors" ] && [ -f "$D/train_config.json" ] || continue
     W=$(distilled_w "$D") || continue
-    REF="--reference $TEACHER --reference-steps $REFERENCE_STEPS --reference-guidance $W"; [ -n "${NO_REFERENCE:-}" ] && REF=""
+    REF="--reference $TEACHER --reference-steps $REFERENCE_STEPS --reference-guidance $W"
+    [ -n "${NO_REFERENCE:-}" ] && REF=""
     log "$SET: $V (distilled at $W)"
     [ -f "$RESULTS/$SET-$V.json" ] || $E --model "$D" --steps 1,2,4 $REF --json "$RESULTS/$SET-$V.json" | tail -n +2
   done

@@ -44,14 +44,18 @@ def read_weights(path: Path) -> dict:
                          f"a pickle ({', '.join(PICKLE_SUFFIXES)})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as error:
-        first = next((line for line in str(error).splitlines() if "Unsupported global" in line), "")
-        detail = first.strip().split(":", 1)[-1].strip()[:200] if first else " ".join(str(error).split())[:200]
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, KeyError, ValueError, OSError,
+            EOFError) as error:
+        text = str(error)
+        if not (isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text):
+            # a damaged or foreign file (a cut zip archive, text), not a refusal
+            raise ValueError(f"{path}: cannot read it as a PyTorch pickle ({type(error).__name__}: "
+                             f"{' '.join(text.split())[:200]})") from None
+        first = next((line for line in text.splitlines() if "Unsupported global" in line), "")
+        detail = first.strip().split(":", 1)[-1].strip()[:200] if first else " ".join(text.split())[:200]
         raise ValueError(f"{path}: refused: this pickle needs more than tensors to load (torch.load with "
                          f"weights_only=True: {detail}); flowsr never runs code from a model file - save its "
                          "state_dict() or convert it to .safetensors") from None
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: cannot read it ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return state

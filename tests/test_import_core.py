@@ -48,7 +48,8 @@ def test_a_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("list.pth", [torch.zeros(1)], "holds a list, not a state dict of tensors"),
-    ("cut.pth", b"PK\x03\x04 not a whole zip", "refused: this pickle needs more than tensors"),
+    ("cut.pth", b"PK\x03\x04 not a whole zip", "cannot read it as a PyTorch pickle (RuntimeError: "),
+    ("text.pth", b"hello world", "cannot read it as a PyTorch pickle"),
     ("bad.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":", "not a readable safetensors file"),
     ("net.onnx", b"", "unknown weights format .onnx"),
     ("missing.pth", None, "no such file"),
