@@ -2,20 +2,22 @@
 
     python3 benchmarks/bundled_results.py                                   # every bundled model + bicubic
     python3 benchmarks/bundled_results.py --models teacher-x4 oftsr-x4 meanflow-x4
+    python3 benchmarks/bundled_results.py --sets RealSR                     # the real-world pairs only
     python3 benchmarks/bundled_results.py --sets Set5 --limit 2 --out /tmp/try.json   # a quick try
     python3 benchmarks/tables.py                                            # then the README's tables
 
 Each model is scored by one ``python3 -m flowsr eval --data ../shared/data/test/SET/HR --scale 4 --metrics
-psnr,ssim,lpips,dists,hf --model M ... --json ...`` per set, at the settings it serves: a flow teacher at
+psnr,ssim,lpips,dists,hf --model M ... --json ...`` per set (RealSR: ``--data ../shared/data/real/RealSR``, the
+paired protocol: its real LR, no border crop), at the settings it serves: a flow teacher at
 ``--steps 1,4``, an OFTSR student at ``--t 0,0.5,1``, a MeanFlow student at ``--steps 1,2,4``, every one-step
 model (bicubic, sr, regression) once. The rows (means only; ``per_image`` is dropped) go into the JSON with the
 command, the machine and the SHA-256 of ``flowsr/weights/M/model.safetensors``; re-running some models or sets
 replaces only those (model, set) entries. ``tests/test_tables.py`` fails when a recorded SHA-256 is not the
 shipped file's, so a model whose weights change must be run again.
 
-``../shared`` is the data and weights folder beside the repository (``data/test/{Set5,Set14,BSD100}/HR``);
-``--data-root`` points elsewhere. Run it on an idle machine, or with ``OMP_NUM_THREADS=1 nice`` beside other
-work: the timings (``seconds_per_image``) are recorded but not shown in the README.
+``../shared`` is the data and weights folder beside the repository (``data/test/{Set5,Set14,BSD100}/HR``,
+``data/real/RealSR``); ``--data-root`` points elsewhere. Run it on an idle machine, or with ``OMP_NUM_THREADS=1
+nice`` beside other work: the timings (``seconds_per_image``) are recorded but not shown in the README.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from flowsr.catalog import weights_sha256
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "flowsr" / "weights"
 DEFAULT_OUT = ROOT / "docs" / "results" / "bundled.json"
-SETS = ("Set5", "Set14", "BSD100")
+SETS = ("Set5", "Set14", "BSD100", "RealSR")
+FOLDERS = {"Set5": "test/Set5/HR", "Set14": "test/Set14/HR", "BSD100": "test/BSD100/HR", "RealSR": "real/RealSR"}
 METRICS = "psnr,ssim,lpips,dists,hf"
 SERVING = {"flow": ["--steps", "1,4"], "oftsr": ["--t", "0,0.5,1"], "meanflow": ["--steps", "1,2,4"]}
 
@@ -68,12 +71,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={threads}"
 
 
-def limited(folder: Path, limit: int, scratch: Path) -> Path:
-    """scratch/<set>/HR holding links to the first ``limit`` images of ``folder`` (the set keeps its name)."""
-    target = scratch / folder.parent.name / "HR"
-    target.mkdir(parents=True)
-    for path in sorted(p for p in folder.iterdir() if p.is_file())[:limit]:
-        (target / path.name).symlink_to(path.resolve())
+def limited(folder: Path, set_name: str, limit: int, scratch: Path) -> Path:
+    """A folder like ``folder`` (SET/HR, or a paired set's HR/ and LR/) holding links to its first ``limit`` images,
+    named so that the set keeps its name."""
+    paired = set_name == "RealSR"
+    target = scratch / set_name / ("" if paired else "HR")
+    for part in (("HR", "LR") if paired else ("",)):
+        (target / part).mkdir(parents=True)
+        for path in sorted(p for p in (folder / part).iterdir() if p.is_file())[:limit]:
+            (target / part / path.name).symlink_to(path.resolve())
     return target
 
 
@@ -112,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, help="bundled names and/or bicubic (default: all)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of each set (a try; needs --out)")
-    parser.add_argument("--data-root", default="../shared/data/test",
-                        help="folder holding SET/HR (relative: to the repository)")
+    parser.add_argument("--data-root", default="../shared/data",
+                        help="folder holding test/SET/HR and real/RealSR (relative: to the repository)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("eval_args", nargs="*", help="after --: more flowsr eval options, e.g. -- --device cuda")
     args = parser.parse_args(argv)
@@ -127,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         for set_name in args.sets:
-            shown = f"{args.data_root}/{set_name}/HR"
+            shown = f"{args.data_root}/{FOLDERS[set_name]}"
             data = (ROOT / shown).resolve()
             if not data.is_dir():
                 parser.error(f"{shown}: no such folder (../shared is the data folder beside the repository)")
             if args.limit:
-                data = limited(data, args.limit, scratch / "limited")
+                data = limited(data, set_name, args.limit, scratch / "limited")
             for name in names:
                 entries.append(run(name, set_name, data, shown, args.eval_args, scratch, args.limit))
                 args.out.parent.mkdir(parents=True, exist_ok=True)  # merged after each run: a crash keeps the rest

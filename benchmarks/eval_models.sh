@@ -9,7 +9,7 @@
 #
 #   bash benchmarks/eval_models.sh                        # the bundled models
 #   MODELS_DIR=runs SETS="Set5 Set14" RESULTS=runs/eval bash benchmarks/eval_models.sh   # runs/<name>
-#   python3 benchmarks/report_results.py runs/eval docs/models  # tables + trade-off plots
+#   python3 benchmarks/report_results.py runs/eval runs/report  # tables + trade-off plots
 #   FEW_NFE=1 bash benchmarks/eval_models.sh              # skip the 8/16/32-step teacher rows (CPU hours)
 #   NO_REFERENCE=1 ...                                    # skip ref_psnr_y (32-96 teacher NFE per image)
 #   PARTS="1 4 5" ... ; PARTS="2 3" ...                   # teacher rows while the students still train,

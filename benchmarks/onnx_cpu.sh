@@ -37,4 +37,16 @@ for variant in "$MODEL none" "$MODEL default" "$OUT/$MODEL-onnx none"; do
   flowsr bench --model "$1" --device cpu --size "${SIZES##*,}" --repeat 3 --compile "$2" \
     --json "$OUT/memory_$(basename "$1")_$2.json"
 done
-echo "wrote $OUT/bench.json, bench_ort.json, bench_fp16.json, memory_*.json"
+# what ran, for the tables (python3 benchmarks/onnx_report.py "$OUT"; docs/onnx/speed/ is such a folder)
+python3 - "$OUT" "$MODEL" "$THREADS" "$SIZES" "$REPEAT" <<'PY'
+import datetime, json, platform, sys
+from pathlib import Path
+from flowsr.catalog import model_path, weights_sha256
+out, model, threads, sizes, repeat = sys.argv[1:]
+command = f"OUT={out} THREADS={threads} SIZES={sizes} REPEAT={repeat} MODEL={model} bash benchmarks/onnx_cpu.sh"
+run = {"command": command, "model": model, "sha256": weights_sha256(model_path(model)), "threads": int(threads),
+       "sizes": sizes, "repeat": int(repeat), "date": datetime.date.today().isoformat(),
+       "machine": f"{platform.processor() or platform.machine()} CPU, {threads} threads"}
+Path(out, "run.json").write_text(json.dumps(run, indent=2) + "\n")
+PY
+echo "wrote $OUT/run.json, bench.json, bench_ort.json, bench_fp16.json, memory_*.json"

@@ -1,7 +1,10 @@
-"""ONNX exports against torch on a test set: the parity table of the README's Deploy section.
+"""ONNX exports against torch on a test set: the parity table of docs/onnx.md.
 
     python benchmarks/onnx_parity.py --model oftsr-x4 meanflow-x4 teacher-x4 \
-        --data ../shared/data/test/Set5/HR --out runs/onnx [--json runs/onnx/parity.json]
+        --data ../shared/data/test/Set5/HR --out runs/onnx --json docs/onnx/parity.json
+
+The JSON records the command, machine, date and each model's weights SHA-256; ``python3 benchmarks/tables.py``
+writes the page's table from it (:func:`table`).
 
 Exports each model to OUT/NAME-onnx (float32) and OUT/NAME-onnx-fp16 unless they exist, then for each
 image of the set: one network call on that image's own input (its bicubic condition and seeded source
@@ -12,14 +15,18 @@ Reports the largest network-output difference, the output difference in 8-bit le
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowsr.catalog import model_path, weights_sha256
 from flowsr.evaluate import evaluate, load_dataset
 from flowsr.onnx_export import export
 from flowsr.ops import imresize
@@ -59,8 +66,8 @@ def main() -> None:
     for spec in args.model:
         reference = load(spec, device="cpu")
         base = evaluate(reference, dataset, Settings(), ["psnr", "ssim"], seed=args.seed, keep=names)
-        rows.append({"model": reference.name, "backend": "torch float32", "network_max_abs": 0.0,
-                     "levels_max": 0, "levels_mean": 0.0, **base["metrics"]})
+        rows.append({"model": reference.name, "sha256": weights_sha256(model_path(spec)), "backend": "torch float32",
+                     "network_max_abs": 0.0, "levels_max": 0, "levels_mean": 0.0, **base["metrics"]})
         for dtype, suffix in (("float32", "onnx"), ("float16", "onnx-fp16")):
             directory = Path(args.out) / f"{Path(spec).name}-{suffix}"
             if not (directory / "model.onnx").is_file():
@@ -68,21 +75,31 @@ def main() -> None:
             candidate = load(directory, device="cpu")
             result = evaluate(candidate, dataset, Settings(), ["psnr", "ssim"], seed=args.seed, keep=names)
             levels = [np.abs(result["images"][n].astype(np.int16) - base["images"][n]) for n in names]
-            rows.append({"model": reference.name, "backend": f"onnxruntime {dtype}",
+            rows.append({"model": reference.name, "sha256": rows[-1]["sha256"], "backend": f"onnxruntime {dtype}",
                          "network_max_abs": network_difference(reference, candidate, dataset, args.seed),
                          "levels_max": int(max(d.max() for d in levels)),
                          "levels_mean": float(np.mean([d.mean() for d in levels])), **result["metrics"]})
+    data = {"dataset": dataset.name, "images": len(names), "seed": args.seed,
+            "command": "python3 benchmarks/onnx_parity.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+            "date": datetime.date.today().isoformat(), "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps({"dataset": dataset.name, "rows": rows}, indent=2) + "\n")
-    print(f"{dataset.name}, {len(names)} images, default settings, seed {args.seed}\n")
-    print("| model | backend | one network call: max abs diff | output diff, 8-bit levels: max / mean "
-          "| PSNR-Y (dB) | PSNR-Y - torch's | SSIM-Y |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        torch_row = next(r for r in rows if r["model"] == row["model"])
-        print(f"| {row['model']} | {row['backend']} | {row['network_max_abs']:.2g} | "
-              f"{row['levels_max']} / {row['levels_mean']:.2g} | {row['psnr_y']:.2f} | "
-              f"{row['psnr_y'] - torch_row['psnr_y']:+.4f} | {row['ssim_y']:.4f} |")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    print(table(data))
+
+
+def table(data: dict) -> str:
+    """The Markdown parity table of ``data`` (this script's JSON), with the line saying how it was measured."""
+    lines = ["| model | backend | one network call: max abs diff | output diff, 8-bit levels: max / mean "
+             "| PSNR-Y (dB) | PSNR-Y − torch's | SSIM-Y |", "|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        torch_row = next(r for r in data["rows"] if r["model"] == row["model"])
+        lines.append(f"| {row['model']} | {row['backend']} | {row['network_max_abs']:.2g} | "
+                     f"{row['levels_max']} / {row['levels_mean']:.2g} | {row['psnr_y']:.2f} | "
+                     f"{row['psnr_y'] - torch_row['psnr_y']:+.4f} | {row['ssim_y']:.4f} |".replace("| -", "| −"))
+    return "\n".join(lines) + (f"\n\n{data['dataset']}, {data['images']} images, default settings, seed "
+                               f"{data['seed']}; `{data['command']}` on {data['machine']}, {data['date']}.")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
 below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
-the models' config.json, docs/cpu/*.json, docs/start_ab.json, docs/cfg_ablation.json). Tables outside markers are
-historical records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check`` and
-compares each bundled model's recorded SHA-256 with its shipped weights.
+the models' config.json, docs/cpu/*.json, docs/start_ab.json, docs/cfg_ablation.json, docs/onnx/**/*.json,
+docs/real-world/*.json). Tables outside markers are historical records: they are not regenerated, and their pages
+say so. tests/test_tables.py runs ``--check`` and compares each bundled model's recorded SHA-256 with its shipped
+weights.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from pathlib import Path
 from flowsr.catalog import weights_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cfg_ablation_report  # noqa: E402  (benchmarks/ is not a package)
+import bench_degradations  # noqa: E402  (benchmarks/ is not a package)
+import cfg_ablation_report  # noqa: E402
+import onnx_parity  # noqa: E402
+import onnx_report  # noqa: E402
 import start_ab_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
 WEIGHTS = ROOT / "flowsr" / "weights"
-SETS = ("Set5", "Set14", "BSD100")
+SETS = ("Set5", "Set14", "BSD100")  # the README's summary: the synthetic x4 sets
+ALL_SETS = (*SETS, "RealSR")  # + the real-world pairs (paired protocol), in docs/evaluation.md
 MARKER = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /table:(?P=name) -->", re.S)
 KIND_ORDER = {"bicubic": 0, "regression": 1, "sr": 2, "flow": 3, "oftsr": 4, "meanflow": 5}
 WHAT = {"bicubic": "bicubic interpolation", "regression": "regression baseline (L1)", "sr": "published SR network",
@@ -119,8 +124,9 @@ def row_for(entries: dict, name: str, set_name: str, key: tuple) -> dict | None:
     return next((r for r in rows if (r["steps"], r["t"], r["guidance"]) == key), None)
 
 
-def rerun_note(names: list[str]) -> str:
-    return f"results being regenerated: `python3 benchmarks/bundled_results.py --models {' '.join(names)}`"
+def rerun_note(names: list[str], sets: tuple[str, ...] = SETS) -> str:
+    only = "" if sets == SETS else f" --sets {' '.join(sets)}"
+    return f"results being regenerated: `python3 benchmarks/bundled_results.py --models {' '.join(names)}{only}`"
 
 
 def bundled_summary() -> str:
@@ -146,8 +152,9 @@ def bundled_summary() -> str:
                          params(name) if index == 0 else "", setting(first, config), str(first["nfe"]), *cells])
     text = markdown(["model", "what", "parameters", "setting", "NFE", "Set5 PSNR-Y / LPIPS / DISTS",
                      "Set14", "BSD100"], rows)
-    machines = sorted({f"{e['machine']}, {e['rows'][0]['device']}" for e in entries.values()})
-    dates = sorted({e["date"] for e in entries.values()})
+    shown = [e for (_, set_name), e in entries.items() if set_name in SETS]
+    machines = sorted({f"{e['machine']}, {e['rows'][0]['device']}" for e in shown})
+    dates = sorted({e["date"] for e in shown})
     text += ("\n\nMeasured by `python3 benchmarks/bundled_results.py` (×4, synthetic protocol: MATLAB-bicubic LR, "
              "PSNR-Y after a 4-pixel border crop, LPIPS (alex) and DISTS: lower is better) on "
              f"{'; '.join(machines) or '–'}, {', '.join(dates) or '–'}; every setting, SSIM and the exact commands "
@@ -172,11 +179,11 @@ def bundled_set(set_name: str) -> str:
             rows.append([f"`{name}`", setting(r, config), str(r["nfe"]), f"{m['psnr_y']:.2f}", f"{m['ssim_y']:.4f}",
                          f"{m['lpips']:.4f}", f"{m['dists']:.4f}", f"{m['hf_ratio']:.4f}",
                          f"{r['seconds_per_image']:.3f}"])
-    n = next((e["rows"][0]["n_images"] for (model, s), e in entries.items() if s == set_name), "?")
-    text = f"{set_name} (×4, {n} images):\n\n" + markdown(
-        ["model", "setting", "NFE", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS", "HF ratio", "s/image"], rows)
+    first = next((e["rows"][0] for (model, s), e in entries.items() if s == set_name), {})
+    text = f"{set_name} (×4, {first.get('n_images', '?')} images, {first.get('protocol', '?')} protocol):\n\n"
+    text += markdown(["model", "setting", "NFE", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS", "HF ratio", "s/image"], rows)
     if missing:
-        text += f"\n\nNot in this table: `{'`, `'.join(missing)}`: {rerun_note(missing)}."
+        text += f"\n\nNot in this table: `{'`, `'.join(missing)}`: {rerun_note(missing, (set_name,))}."
     return text
 
 
@@ -185,16 +192,16 @@ def bundled_commands() -> str:
     configs, (entries, stale) = bundled_configs(), measured()
     rows = []
     for name in configs:
-        mine = [entries[(name, s)] for s in SETS if (name, s) in entries]
+        mine = [entries[(name, s)] for s in ALL_SETS if (name, s) in entries]
         if not mine:
             continue
         commands = sorted({e["command"].replace(f"/{e['set']}/", "/SET/").replace(f"-{e['set']}.json", "-SET.json")
-                           for e in mine})
+                           if e["set"] in SETS else e["command"] for e in mine})  # RealSR's folder: as it is
         rows.append([f"`{name}`", f"`{mine[0]['sha256'][:16]}…`" if mine[0]["sha256"] else "–",
                      ", ".join(e["set"] for e in mine),
                      "; ".join(sorted({f"{e['machine']}, {e['date']}" for e in mine})),
                      "<br>".join(f"`{c}`" for c in commands)])
-    text = markdown(["model", "weights SHA-256", "sets", "machine, date", "command (SET: each set)"], rows)
+    text = markdown(["model", "weights SHA-256", "sets", "machine, date", "command (SET: each synthetic set)"], rows)
     if stale:
         text += f"\n\nRows recorded for other weights than the shipped ones, left out: `{'`, `'.join(stale)}`."
     return text
@@ -246,6 +253,24 @@ TEACHER_AB_LABELS = {
     "endpoint+mix": "endpoint + mix (half each)",
     "endpoint+uniform": "endpoint + uniform (every teacher preset now)",
 }
+
+
+CPU_RECIPE = ROOT / "models" / "cpu"
+CPU_RECIPE_MODELS = {"teacher": CPU_RECIPE / "tiny-teacher", "regression": WEIGHTS / "regression-x4",
+                     "OFTSR": CPU_RECIPE / "tiny-oftsr", "MeanFlow": CPU_RECIPE / "tiny-meanflow"}
+
+
+def cpu_recipe_runs() -> str:
+    """The CPU recipe's four runs, from each model's config.json -> training."""
+    body = []
+    for role, directory in CPU_RECIPE_MODELS.items():
+        info = json.loads((directory / "config.json").read_text())["training"]
+        teacher = f"`{info['teacher']}`" if info.get("teacher") else "–"
+        if info.get("teacher_guidance", 1.0) != 1.0:
+            teacher += f", guidance {info['teacher_guidance']:g}"
+        body.append([role, f"`{directory.relative_to(ROOT)}`", f"`{info['preset']}`", teacher, str(info["steps"]),
+                     f"{info['wall_seconds']:.0f} s", info["device"]])
+    return markdown(["model", "directory", "preset", "distilled from", "steps", "wall", "machine"], body)
 
 
 def teacher_ab() -> str:
@@ -331,10 +356,11 @@ def train_speed_idle() -> str:
 # Every table a page may mark, by its marker name.
 TABLES = {
     "bundled": bundled_summary,
-    **{f"bundled-{set_name}": (lambda set_name=set_name: bundled_set(set_name)) for set_name in SETS},
+    **{f"bundled-{set_name}": (lambda set_name=set_name: bundled_set(set_name)) for set_name in ALL_SETS},
     "bundled-commands": bundled_commands,
     "bicubic-protocol": bicubic_protocol,
     "models": models_table,
+    "cpu-recipe-runs": cpu_recipe_runs,
     "teacher-ab": teacher_ab,
     "meanflow-ab": meanflow_ab,
     "train-paths-set5": train_paths_set5,
@@ -342,6 +368,11 @@ TABLES = {
     "start-nets": start_nets,
     "start-ab": lambda: start_ab_report.tables(json.loads((ROOT / "docs" / "start_ab.json").read_text())),
     "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
+    "onnx-parity": lambda: onnx_parity.table(json.loads((ROOT / "docs" / "onnx" / "parity.json").read_text())),
+    "onnx-speed": lambda: onnx_report.speed_table(ROOT / "docs" / "onnx" / "speed"),
+    "degradations-speed": lambda: bench_degradations.table(
+        json.loads((ROOT / "docs" / "real-world" / "degradations.json").read_text())),
+    "onnx-settings": lambda: onnx_report.settings_table(ROOT / "docs" / "onnx" / "speed"),
 }
 
 

@@ -168,8 +168,10 @@ class OnnxSRNet(OnnxNet):
     def __call__(self, lq: torch.Tensor) -> torch.Tensor:
         if lq.ndim != 4 or lq.shape[1] != 3:
             raise ValueError(f"lq must be (B, 3, h, w); got {tuple(lq.shape)}")
+        fixed = self.session.get_inputs()[0].shape[0]  # a name, or the graph's fixed batch (window transformers)
+        chunks = lq.split(fixed) if isinstance(fixed, int) and fixed > 0 else [lq]
         try:
-            (sr,) = self.session.run([SR_OUTPUT], {SR_INPUTS[0]: self._image(lq)})
+            sr = np.concatenate([self.session.run([SR_OUTPUT], {SR_INPUTS[0]: self._image(c)})[0] for c in chunks])
         except Exception as error:  # onnxruntime's exceptions; the CLI reports RuntimeError per file
             raise RuntimeError(f"onnxruntime: {one_line(error)}") from None
         return torch.from_numpy(sr).to(lq.device, torch.float32)

@@ -82,19 +82,22 @@ def graph_spec(config, dtype: str, size_multiple: int) -> dict:
     }
 
 
-def sr_graph_spec(config, dtype: str) -> dict:
-    """The ``"onnx"`` section of a feed-forward SR network's export (kind sr): ``sr = net(lq)``."""
-    s = config.scale
+def sr_graph_spec(config, dtype: str, batch: int | None = None) -> dict:
+    """The ``"onnx"`` section of a feed-forward SR network's export (kind sr): ``sr = net(lq)``; ``batch``: the
+    graph's fixed batch size (1 for window transformers, see :class:`flowsr.nets.imported.SpandrelNet`), None
+    for any batch."""
+    s, b = config.scale, "batch" if batch is None else batch
     return {
         "file": ONNX_FILE,
         "dtype": dtype,
         "size_multiple": 1,
         "inputs": [
-            {"name": SR_INPUTS[0], "dtype": dtype, "shape": ["batch", 3, "height", "width"], "range": [0, 1],
-             "about": "low-resolution RGB image, float in [0, 1]; any height and width >= 1"},
+            {"name": SR_INPUTS[0], "dtype": dtype, "shape": [b, 3, "height", "width"], "range": [0, 1],
+             "about": "low-resolution RGB image, float in [0, 1]; any height and width >= 1"
+                      + ("" if batch is None else f"; {batch} image(s) a call")},
         ],
         "outputs": [
-            {"name": SR_OUTPUT, "dtype": dtype, "shape": ["batch", 3, f"{s}*height", f"{s}*width"], "range": [0, 1],
+            {"name": SR_OUTPUT, "dtype": dtype, "shape": [b, 3, f"{s}*height", f"{s}*width"], "range": [0, 1],
              "about": f"the x{s} super-resolved image, about [0, 1] (it may overshoot slightly: clip to [0, 1])"},
         ],
         "height": "any >= 1", "width": "any >= 1",
@@ -189,8 +192,9 @@ def _export_start(source: Path, config, target: Path, opset: int | None, dtype: 
 
 def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: Path, opset: int | None,
                   dtype: str, progress) -> dict:
-    """Trace ``net`` (float32, or a float16 copy) with dynamic batch, height and width and write it to ``path``,
-    checked (onnx.checker, one ONNX Runtime call against torch); returns the graph's ``"onnx"`` section."""
+    """Trace ``net`` (float32, or a float16 copy) with dynamic batch (or the net's fixed ``export_batch``), height
+    and width and write it to ``path``, checked (onnx.checker, ONNX Runtime against torch); returns the graph's
+    ``"onnx"`` section."""
     sr = config.kind == "sr"
     m = 1 if sr else net.size_multiple
     export_net = net if dtype == "float32" else load_model_dir(source)[0].half()
@@ -198,9 +202,11 @@ def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: P
     # distinct example tensors of distinct sizes: aliased or equal-sized inputs would be merged by the tracer
     generator = torch.Generator().manual_seed(0)
     image_axes = {0: "batch", 2: "height", 3: "width"}
+    fixed_batch = getattr(net, "export_batch", None) if sr else None
     if sr:  # the LR image; inputs below the ESA's minimum side are padded inside the graph
-        example = (torch.rand(2, 3, 20, 24, generator=generator).to(image_dtype),)
-        names, output, dynamic = list(SR_INPUTS), SR_OUTPUT, {SR_INPUTS[0]: image_axes}
+        example = (torch.rand(fixed_batch or 2, 3, 20, 24, generator=generator).to(image_dtype),)
+        axes = image_axes if fixed_batch is None else {2: "height", 3: "width"}
+        names, output, dynamic = list(SR_INPUTS), SR_OUTPUT, {SR_INPUTS[0]: axes}
     else:
         export_net = _Network(export_net)
         example = (torch.randn(2, 3, 2 * m, 3 * m, generator=generator).to(image_dtype),
@@ -216,7 +222,7 @@ def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: P
                                         verbose=False, external_data=False)
     except Exception as error:  # the exporter's failures come in many types; report one line
         raise ValueError(f"{source}: torch.onnx.export failed ({one_line(error)})") from error
-    spec = sr_graph_spec(config, dtype) if sr else graph_spec(config, dtype, m)
+    spec = sr_graph_spec(config, dtype, fixed_batch) if sr else graph_spec(config, dtype, m)
 
     def write(temporary: Path) -> None:
         progress(f"checking {path} (onnx.checker, one ONNX Runtime call against torch)")
@@ -230,7 +236,7 @@ def _export_graph(onnx, ort, source: Path, net: torch.nn.Module, config, path: P
         proto = onnx.load(str(temporary), load_external_data=False)
         spec["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         try:
-            spec["check"] = sr_parity(net, temporary, ort) if sr else parity(net, temporary, ort, m)
+            spec["check"] = sr_parity(net, temporary, ort, fixed_batch) if sr else parity(net, temporary, ort, m)
         except Exception as error:  # onnxruntime's exceptions subclass Exception directly
             raise ValueError(f"{path}: onnxruntime cannot run the exported {dtype} graph ({one_line(error)}); "
                              "nothing written") from None
@@ -260,17 +266,22 @@ def parity(net: torch.nn.Module, path: Path, ort, multiple: int) -> dict:
             "mean_abs_diff": float(difference.mean())}
 
 
-def sr_parity(net: torch.nn.Module, path: Path, ort) -> dict:
-    """:func:`parity` of an SR network's graph ``sr = net(lq)``: one call at a size and batch other than the
-    traced ones, one side below the ESA's minimum (padded inside the graph)."""
-    lq = torch.rand(1, 3, 13, 18, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        reference = net(lq).numpy()
+def sr_parity(net: torch.nn.Module, path: Path, ort, batch: int | None = None) -> dict:
+    """:func:`parity` of an SR network's graph ``sr = net(lq)`` at a size other than the traced one, one side
+    below the ESA's minimum (padded inside the graph): one call at batch 1 and one at batch 3 (the graph was
+    traced at 2), or at the graph's fixed ``batch``. The differences are over both calls."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    difference = np.abs(session.run([SR_OUTPUT], {SR_INPUTS[0]: lq.numpy().astype(dtype)})[0].astype(np.float32)
-                        - reference)
-    return {"shape": list(lq.shape), "max_abs_diff": float(difference.max()),
+    generator = torch.Generator().manual_seed(1)
+    differences = []
+    for size in ((batch,) if batch else (1, 3)):
+        lq = torch.rand(size, 3, 13, 18, generator=generator)
+        with torch.no_grad():
+            reference = net(lq).numpy()
+        output = session.run([SR_OUTPUT], {SR_INPUTS[0]: lq.numpy().astype(dtype)})[0].astype(np.float32)
+        differences.append(np.abs(output - reference).ravel())
+    difference = np.concatenate(differences)
+    return {"shape": [batch or 3, 3, 13, 18], "max_abs_diff": float(difference.max()),
             "mean_abs_diff": float(difference.mean())}
 
 

@@ -61,12 +61,23 @@ def test_bundled_rows_come_from_the_shipped_weights():
                       f"python3 benchmarks/bundled_results.py --models {names}"
 
 
+def test_onnx_tables_come_from_the_shipped_weights():
+    """docs/onnx.md's parity and speed tables name the bundled weights they measured; replacing a model makes them
+    stale (re-run benchmarks/onnx_parity.py and benchmarks/onnx_cpu.sh)."""
+    parity = json.loads((ROOT / "docs" / "onnx" / "parity.json").read_text())
+    speed = json.loads((ROOT / "docs" / "onnx" / "speed" / "run.json").read_text())
+    recorded = {(row["model"], row["sha256"]) for row in parity["rows"]} | {(speed["model"], speed["sha256"])}
+    stale = [name for name, sha in sorted(recorded) if sha != weights_sha256(tables.WEIGHTS / name)]
+    assert not stale, f"ONNX tables measured with other weights than the shipped ones: {stale}"
+
+
 def test_bundled_rows_were_measured_at_the_serving_settings():
     data = json.loads(tables.BUNDLED_JSON.read_text())
     for entry in data["entries"]:
         kind = entry["rows"][0]["kind"]
         command = entry["command"]
-        assert command.startswith("python3 -m flowsr eval --data ../shared/data/test/") and "--scale 4" in command
+        folder = "real/RealSR " if entry["set"] == "RealSR" else f"test/{entry['set']}/HR "
+        assert command.startswith(f"python3 -m flowsr eval --data ../shared/data/{folder}") and "--scale 4" in command
         assert f"--model {entry['model']} " in command and f"--metrics {bundled_results.METRICS}" in command
         assert " ".join(bundled_results.SERVING.get(kind, [])) in command
         assert not {"--steps", "--t"} & set(command.split()) or kind in bundled_results.SERVING

@@ -53,6 +53,10 @@ class SpandrelNet(nn.Module):
         self.arch, self.scale = descriptor.architecture.id, descriptor.scale
         window = getattr(descriptor.model, "window_size", 1)
         self.multiple = math.lcm(descriptor.size_requirements.multiple_of, window if isinstance(window, int) else 1)
+        # Window transformers undo their window partition with B = int(windows / (H * W / window^2)), a Python
+        # integer that the ONNX exporter fixes at the traced batch (a graph traced at batch 2 scrambles the
+        # attention of batch 1 or 3); flowsr export therefore traces them at one image a call.
+        self.export_batch = 1 if isinstance(window, int) and window > 1 else None
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         height, width = lq.shape[-2:]
