@@ -3,8 +3,8 @@
 # TEACHER_STEPS Euler steps (its REFERENCE_STEPS row is the ceiling each student copies), and every student under
 # $RUNS at 1/2/4 steps, also scored against the teacher's REFERENCE_STEPS-step output from the same noise at the
 # scale the student distilled (ref_psnr_y): guidance for a teacher-CFG student, omega / (1 - kappa) for MeanFlow's
-# own CFG, read from its train_config.json and passed as --reference-guidance (eval's default, the recorded teacher_guidance, is
-# checked against it). Then the JSON + Markdown table:
+# own CFG, read from its train_config.json and passed as --reference-guidance (eval's default, the recorded
+# teacher_guidance, is checked against it). Then the JSON + Markdown table:
 #
 #   RUNS=runs/cfg-ab RESULTS=runs/cfg-ab/eval bash benchmarks/cfg_ablation_eval.sh
 #   python3 benchmarks/cfg_ablation_report.py runs/cfg-ab/eval docs/cfg_ablation   # cfg_ablation.json + .md

@@ -50,6 +50,7 @@ def speed_table(folder: Path) -> str:
     rows = _read(folder, "bench.json")["rows"] + [r for r in _read(folder, "bench_fp16.json")["rows"]
                                                   if r.get("dtype") == "float16"]
     sizes = sorted({r["size"] for r in rows})
+    eager = {r["size"]: r for r in rows if r["backend"] == "torch" and r["compile"] == "none"}
     variants = list(dict.fromkeys((r["model"], _backend(r)) for r in rows))
     body = []
     for model, backend in variants:
@@ -57,8 +58,9 @@ def speed_table(folder: Path) -> str:
         mine = {r["size"]: r for r in rows if (r["model"], _backend(r)) == (model, backend)}
         for size in sizes:
             r = mine.get(size)
-            speedup = f" ({r['speedup_vs_first']:.2f}×)" if r and r["speedup_vs_first"] != 1 and "float16" not in \
-                backend else ""
+            base = eager.get(size)
+            speedup = f" ({base['latency_ms_median'] / r['latency_ms_median']:.2f}×)" if r and base and r is not base \
+                else ""
             cells += [f"{r['latency_ms_median']:.1f}{speedup}" if r else "–",
                       f"{r['megapixels_per_s']:.2f}" if r else "–"]
         cells.append(_memory(folder, mine[sizes[-1]]) if sizes[-1] in mine else "–")
@@ -67,7 +69,6 @@ def speed_table(folder: Path) -> str:
     for size in sizes:
         header += [f"{size}² latency (ms)", f"{size}² MP/s"]
     header.append(f"peak RSS at {sizes[-1]}² (MB, one backend per process)")
-    eager = {r["size"]: r for r in rows if r["backend"] == "torch" and r["compile"] == "none"}
     ort = {r["size"]: r for r in rows if r["backend"] == "onnxruntime" and r.get("dtype", "float32") == "float32"}
     ratios = {size: eager[size]["latency_ms_median"] / ort[size]["latency_ms_median"] for size in sizes
               if size in eager and size in ort}
