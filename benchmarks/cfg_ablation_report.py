@@ -104,6 +104,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def summary(rows: list[dict], steps: int = 1) -> str:
+    """One row per student, one column per set: PSNR-Y / LPIPS / DISTS / HF ratio at ``steps`` steps (bold as in the
+    full tables), then the teacher's 1-step output, where every student started."""
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    students = [r for r in rows if r["role"] == "student" and r["steps"] == steps]
+    keys = ("psnr_y", "lpips", "dists", "hf_ratio")
+    lines = ["| student | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+
+    def cells(r: dict | None, marked: bool) -> str:
+        if r is None:
+            return "–"
+        return " / ".join(f"**{cell(r, k)}**" if marked and k in r.get("best", []) else cell(r, k) for k in keys)
+
+    for variant in sorted(dict.fromkeys(r["variant"] for r in students), key=variant_order):
+        found = {r["set"]: r for r in students if r["variant"] == variant}
+        lines.append(f"| `{variant}`, {recipe(variant)} | " + " | ".join(cells(found.get(s), True) for s in sets)
+                     + " |")
+    start = {r["set"]: r for r in rows if r["variant"] == "teacher-w1" and r["steps"] == 1}
+    lines.append("| start of every student (= the teacher, 1 step) | "
+                 + " | ".join(cells(start.get(s), False) for s in sets) + " |")
+    return "\n".join(lines)
+
+
 def training(runs: Path, variants: list[str]) -> list[dict]:
     """Each student's training record from ``runs/<variant>/`` (config.json, train_config.json), where present."""
     records = []

@@ -2,13 +2,15 @@
 as the folder grows ten times (the same images listed ten times, as symlinks).
 
     python benchmarks/data_scale.py [--data ../shared/data/train] [--steps 200] [--workers 4]
-                                    [--json runs/data_scale.json]
+                                    [--json docs/scaling/data_scale.json]
 
 Each run is `flowsr train --preset tiny-teacher` on the CPU in a subprocess (``OMP_NUM_THREADS`` as
 given, else 1 thread for the training process). Memory is sampled every 0.1 s over the training
 process and its DataLoader workers: ``peak_rss_mb`` is the largest single process (what
 ``/usr/bin/time -v`` reports), ``peak_total_pss_mb`` the whole tree with shared pages split between
 the processes that share them. steps/s is the median of the logged rates after the first window.
+The JSON records the command, machine and date; ``table`` is docs/scaling.md's table of it
+(`python3 benchmarks/tables.py`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 from flowsr.data import find_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bundled_results import machine  # noqa: E402  (benchmarks/ is not a package)
 
 
 def tree(pid: int) -> list[int]:
@@ -82,6 +88,17 @@ def run(data: Path, mode: str, steps: int, workers: int, out: Path) -> dict:
             "peak_rss_mb": round(peak_rss / 1024, 1), "peak_total_pss_mb": round(peak_pss / 1024, 1), "log": line}
 
 
+def table(data: dict) -> str:
+    """The Markdown table of a --json file."""
+    lines = ["| data | images | feeding | steps/s | peak RSS | total PSS |", "|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        feeding = "in memory" if row["mode"] == "memory" else f"streamed, {row['workers']} workers"
+        lines.append(f"| {row['label']} | {row['images']} | {feeding} | {row['steps_per_s']:.2f} | "
+                     f"{row['peak_rss_mb']:.0f} MB | {row['peak_total_pss_mb']:.0f} MB |")
+    return "\n".join(lines) + (f"\n\n`{data['command']}`: {data['steps']} steps of `flowsr train --preset "
+                               f"tiny-teacher` each, {data['machine']}, {data['date']}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/train")
@@ -96,16 +113,20 @@ def main() -> None:
         for index, path in enumerate(find_images(data)):
             for copy in range(10):
                 (tenfold / f"{copy}_{index}{path.suffix}").symlink_to(path)
-        rows = [run(folder, mode, args.steps, args.workers, Path(tmp) / f"run{i}")
-                for i, (folder, mode) in enumerate([(data, "memory"), (data, "stream"),
-                                                    (tenfold, "memory"), (tenfold, "stream")])]
+        rows = [{"label": label, **run(folder, mode, args.steps, args.workers, Path(tmp) / f"run{i}")}
+                for i, (label, folder, mode) in enumerate([(f"`{args.data}`", data, "memory"),
+                                                           (f"`{args.data}`", data, "stream"),
+                                                           ("×10 (symlinks)", tenfold, "memory"),
+                                                           ("×10 (symlinks)", tenfold, "stream")])]
     keys = ["images", "mode", "workers", "steps_per_s", "wall_s", "peak_rss_mb", "peak_total_pss_mb"]
     print(" | ".join(keys))
     for row in rows:
         print(" | ".join(f"{row[k]:.2f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        record = {"command": "python3 benchmarks/data_scale.py " + " ".join(sys.argv[1:]), "steps": args.steps,
+                  "machine": machine(), "date": date.today().isoformat(), "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

@@ -1,9 +1,10 @@
 """Turn the JSON written by `flowsr eval` / `flowsr bench` into the README's tables and plots.
 
-    python benchmarks/report_results.py RESULTS_DIR OUT_DIR
+    python benchmarks/report_results.py RESULTS_DIR OUT_DIR [--plots-only]
 
 RESULTS_DIR holds eval-<set>.json (sweeps), bench-*.json; OUT_DIR receives results.md and
-tradeoff_<set>.png. The machine is read from the JSON files.
+tradeoff_<set>.png (and knob_<set>.png for an OFTSR t sweep); with --plots-only, the plots alone (for a page
+whose tables benchmarks/tables.py writes). The machine is read from the JSON files.
 """
 
 import json
@@ -14,7 +15,7 @@ from flowsr import report
 from flowsr.bench import format_rows
 
 
-def main(results: Path, out: Path) -> None:
+def main(results: Path, out: Path, plots_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for path in sorted(results.glob("eval-*.json")):
@@ -40,9 +41,14 @@ def main(results: Path, out: Path) -> None:
         md = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
         md += ["| " + " | ".join(c) + " |" for c in cells[1:]]
         parts.append(f"#### {path.stem} ({data.get('machine', '?')})\n\n" + "\n".join(md) + "\n")
+    if plots_only:
+        print(f"wrote the plots of {results} into {out}")
+        return
     (out / "results.md").write_text("\n".join(parts))
     print((out / "results.md").read_text())
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and sys.argv[3] != "--plots-only"):
+        raise SystemExit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), plots_only=len(sys.argv) == 4)

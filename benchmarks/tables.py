@@ -5,10 +5,10 @@
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
 below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
-the models' config.json, docs/cpu/*.json, docs/start_ab.json, docs/cfg_ablation.json, docs/onnx/**/*.json,
-docs/real-world/*.json). Tables outside markers are historical records: they are not regenerated, and their pages
-say so. tests/test_tables.py runs ``--check`` and compares each bundled model's recorded SHA-256 with its shipped
-weights.
+the models' config.json, docs/cpu/**/*.json, docs/start_ab.json, docs/start_cpu_continued.json,
+docs/cfg_ablation.json, docs/onnx/**/*.json, docs/real-world/*.json, docs/scaling/*.json). Tables outside markers
+are historical records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check``
+and compares each bundled model's recorded SHA-256 with its shipped weights.
 """
 
 from __future__ import annotations
@@ -19,14 +19,19 @@ import re
 import sys
 from pathlib import Path
 
+from flowsr import report
 from flowsr.catalog import weights_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_degradations  # noqa: E402  (benchmarks/ is not a package)
 import cfg_ablation_report  # noqa: E402
+import data_scale  # noqa: E402
 import onnx_parity  # noqa: E402
 import onnx_report  # noqa: E402
+import sharded_upscale  # noqa: E402
 import start_ab_report  # noqa: E402
+import targets  # noqa: E402
+import train_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_JSON = ROOT / "docs" / "results" / "bundled.json"
@@ -353,6 +358,151 @@ def train_speed_idle() -> str:
         f"\n\n{data.get('machine', '?')}; presets {presets}, batch {first['batch']}, {first['crop']}² crops."
 
 
+# -- the start-network recipe (docs/start-networks.md) -------------------------------------------------------
+
+CHOSEN_START = "bsrn-x4-s0.1"  # the start A/B's chosen variant, kept in models/gpu-pm/bsrn-x4-s0.1
+SHOWN = ("psnr_y", "lpips", "dists", "hf_ratio", "ref_psnr_y")  # each cell: those of them that were measured
+
+
+def docs_json(name: str) -> dict:
+    return json.loads((ROOT / "docs" / name).read_text())
+
+
+def shown(row: dict, keys: tuple[str, ...] = SHOWN) -> str:
+    return " / ".join(start_ab_report.cell(row, k) for k in keys if row["metrics"].get(k) is not None)
+
+
+def start_guidance() -> str:
+    """The chosen start-network teacher sampled with guidance w on Set14 (the teacher rows of cfg_ablation.json)."""
+    rows = [r for r in docs_json("cfg_ablation.json")["rows"] if r["set"] == "Set14" and r["role"] == "teacher"]
+    body = []
+    for w in sorted({r["guidance"] for r in rows}):
+        found = {r["steps"]: r for r in rows if r["guidance"] == w}
+        body.append([f"{w:g}"] + [shown(found[n], SHOWN[:4]) if n in found else "–" for n in (4, 8)])
+    return markdown(["w", "4 steps: PSNR-Y / LPIPS / DISTS / HF", "8 steps: PSNR-Y / LPIPS / DISTS / HF"], body)
+
+
+def start_cpu_continued() -> str:
+    """The chosen OFTSR student as the GPU left it (start_ab.json) and continued on the CPU
+    (start_cpu_continued.json)."""
+    gpu = [r for r in docs_json("start_ab.json")["rows"] if r["variant"] == CHOSEN_START and r["role"] == "oftsr"]
+    data = docs_json("start_cpu_continued.json")
+    body = []
+    for set_name in SETS:
+        for r in (r for r in gpu if r["set"] == set_name):
+            cpu = next((c for c in data["rows"] if c["set"] == set_name and c["t"] == r["t"]), None)
+            body.append([set_name, f"{r['t']:g}", shown(r), shown(cpu) if cpu else "–"])
+    info = data["training"]
+    return markdown(["set", "t", f"GPU student ({info['steps_total'] - info['steps']} steps)",
+                     f"continued on the CPU (+{info['steps']} steps)"], body)
+
+
+METRIC_NAMES = {"psnr_y": "PSNR-Y", "lpips": "LPIPS", "dists": "DISTS"}
+
+
+def _better(key: str, new: float, old: float) -> bool:
+    return new > old if key == "psnr_y" else new < old
+
+
+def _verdict(pairs: dict[str, tuple[dict, dict]], keys: tuple[str, ...]) -> str:
+    """"yes" when the new row beats the bundled one in every key on every set; else "no: " and where it does not."""
+    misses = []
+    for key in keys:
+        sets = [s for s, (old, new) in pairs.items() if not _better(key, new["metrics"][key], old["metrics"][key])]
+        if sets:
+            misses.append(f"{METRIC_NAMES[key]} not better on {' and '.join(sets)}")
+    return "yes" if not misses else "no: " + "; ".join(misses)
+
+
+# each end a bundled model serves: (bundled model, role in the A/B, the end, how its row is picked, shown, judged)
+ENDS = [
+    ("teacher-x4", "teacher", "fidelity, 1 step", lambda rows: [r for r in rows if r["steps"] == 1],
+     ("psnr_y",), ("psnr_y",)),
+    ("teacher-x4", "teacher", "realism, best LPIPS of its step counts", lambda rows: rows, ("lpips", "dists"),
+     ("lpips", "dists")),
+    ("oftsr-x4", "oftsr", "fidelity, t = 0", lambda rows: [r for r in rows if r["t"] == 0], ("psnr_y",), ("psnr_y",)),
+    ("oftsr-x4", "oftsr", "realism, best LPIPS of its t", lambda rows: rows, ("lpips", "dists"), ("lpips", "dists")),
+    ("meanflow-x4", "meanflow", "1 step (its default), realism",
+     lambda rows: [r for r in rows if r["steps"] == 1 and r["t"] in (None, 1.0)], ("psnr_y", "lpips", "dists"),
+     ("lpips", "dists")),
+]
+
+
+def not_shipped(new_rows: list[dict]) -> str:
+    """The rule that decides shipping, applied: each bundled model (docs/results/bundled.json) against new rows
+    (each with its ``set`` and ``role``: teacher, oftsr or meanflow) on Set14 and BSD100, at the end it serves."""
+    entries, _ = measured()
+    sets, body = ("Set14", "BSD100"), []
+    for name, role, end, pick, keys, judged in ENDS:
+        pairs = {}
+        for set_name in sets:
+            old = pick(entries.get((name, set_name), {}).get("rows", []))
+            new = pick([r for r in new_rows if r["role"] == role and r["set"] == set_name])
+            if old and new:
+                pairs[set_name] = (min(old, key=lambda r: r["metrics"]["lpips"]),
+                                   min(new, key=lambda r: r["metrics"]["lpips"]))
+        if len(pairs) < len(sets):
+            continue
+        body.append([f"`{name}`, {end}", *(f"{_side(old, keys)} → {_side(new, keys)}" for old, new in pairs.values()),
+                     _verdict(pairs, judged)])
+    return markdown(["model, the end it serves", "Set14: bundled → new", "BSD100: bundled → new",
+                     "new better there?"], body)
+
+
+def start_not_shipped() -> str:
+    """The chosen start-network models of the A/B (docs/start_ab.json) against the bundled ones."""
+    return not_shipped([r for r in docs_json("start_ab.json")["rows"] if r["variant"] == CHOSEN_START])
+
+
+def _side(row: dict, keys: tuple[str, ...]) -> str:
+    """A row's ``keys``, and for a realism pick (LPIPS without PSNR) the setting it was picked at."""
+    if "lpips" not in keys or "psnr_y" in keys:
+        return shown(row, keys)
+    setting = f"t = {row['t']:g}" if row["kind"] == "oftsr" else f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
+    return f"{shown(row, keys)} ({setting})"
+
+
+# -- the CPU recipe's models (docs/cpu/results.md, docs/cpu-recipe.md) ---------------------------------------
+
+CPU_EVAL = ROOT / "docs" / "cpu" / "eval"  # benchmarks/eval_models.sh's merged eval-SET.json of models/cpu
+ROLES = {"flow": "teacher", "oftsr": "oftsr", "meanflow": "meanflow"}
+
+
+def cpu_rows(set_name: str) -> list[dict]:
+    return json.loads((CPU_EVAL / f"eval-{set_name}.json").read_text())["results"]
+
+
+def cpu_results(set_name: str) -> str:
+    rows = cpu_rows(set_name)
+    return (f"{set_name} (×4, {rows[0]['protocol']} protocol, {rows[0]['n_images']} images):\n\n"
+            + report.markdown_table(rows, latency=False))
+
+
+def cpu_targets() -> str:
+    """Issue 14's targets T1-T5 (benchmarks/targets.py) on Set5 and Set14."""
+    checked = {set_name: targets.check(cpu_rows(set_name)) for set_name in ("Set5", "Set14")}
+    body = []
+    for index, first in enumerate(checked["Set5"]):
+        cells = [f"{c[index]['measured']}: **{'met' if c[index]['met'] else 'not met'}**" for c in checked.values()]
+        body.append([f"{first['target']} {targets.TARGETS[first['target']]}", *cells])
+    return markdown(["target", *checked], body)
+
+
+def cpu_not_shipped() -> str:
+    """The CPU recipe's teacher and students (unguided teacher rows only) against the bundled models."""
+    rows = [{"set": set_name, "role": ROLES.get(r["kind"]), **r} for set_name in ("Set14", "BSD100")
+            for r in cpu_rows(set_name) if r["kind"] != "flow" or r["guidance"] == 1.0]
+    return not_shipped(rows)
+
+
+def real_world_tiny() -> str:
+    """The tiny teacher trained on bicubic and fine-tuned with Real-ESRGAN degradations, on RealSR
+    (docs/real-world/tiny_teacher_real.json: `flowsr eval --json`, per-image rows dropped)."""
+    rows = docs_json("real-world/tiny_teacher_real.json")["results"]
+    return (f"RealSR (×4, {rows[0]['n_images']} pairs, {rows[0]['protocol']} protocol):\n\n"
+            + report.markdown_table(rows, latency=False))
+
+
 # Every table a page may mark, by its marker name.
 TABLES = {
     "bundled": bundled_summary,
@@ -365,14 +515,27 @@ TABLES = {
     "meanflow-ab": meanflow_ab,
     "train-paths-set5": train_paths_set5,
     "train-speed-idle": train_speed_idle,
+    "train-paths-summary": lambda: train_paths.summary(docs_json("cpu/train_paths/curves.json")),
+    "train-paths-curves": lambda: train_paths.curves_markdown(docs_json("cpu/train_paths/curves.json")),
     "start-nets": start_nets,
+    "start-guidance": start_guidance,
+    "start-cpu-continued": start_cpu_continued,
+    "start-not-shipped": start_not_shipped,
+    **{f"cpu-results-{set_name}": (lambda set_name=set_name: cpu_results(set_name)) for set_name in SETS},
+    "cpu-targets": cpu_targets,
+    "cpu-not-shipped": cpu_not_shipped,
     "start-ab": lambda: start_ab_report.tables(json.loads((ROOT / "docs" / "start_ab.json").read_text())),
     "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
+    "cfg-summary": lambda: cfg_ablation_report.summary(
+        json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())["rows"]),
     "onnx-parity": lambda: onnx_parity.table(json.loads((ROOT / "docs" / "onnx" / "parity.json").read_text())),
     "onnx-speed": lambda: onnx_report.speed_table(ROOT / "docs" / "onnx" / "speed"),
+    "real-world-tiny": real_world_tiny,
     "degradations-speed": lambda: bench_degradations.table(
         json.loads((ROOT / "docs" / "real-world" / "degradations.json").read_text())),
     "onnx-settings": lambda: onnx_report.settings_table(ROOT / "docs" / "onnx" / "speed"),
+    "data-scale": lambda: data_scale.table(docs_json("scaling/data_scale.json")),
+    "sharded-upscale": lambda: sharded_upscale.table(docs_json("scaling/sharded_upscale.json")),
 }
 
 

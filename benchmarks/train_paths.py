@@ -25,6 +25,8 @@ from pathlib import Path
 
 OBJECTIVES = {"teacher": "flow matching", "regression": "regression", "oftsr": "OFTSR",
               "meanflow": "MeanFlow (err: mean squared error to the target; the loss is adaptively weighted)"}
+QUANTITY = {"teacher": "flow matching (loss)", "regression": "regression (L1 loss)", "oftsr": "OFTSR (loss)",
+            "meanflow": "MeanFlow (err, its unweighted mean squared error)"}
 RUNS = [("old", 0), ("fast", 0), ("old", 1), ("fast", 1)]  # (path, seed)
 
 
@@ -50,6 +52,56 @@ def window(losses: list[float], end: int, width: int) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
+def name(objective: str, path: str, seed: int) -> str:
+    return f"{objective}-{path}-s{seed}"
+
+
+def objectives_of(payload: dict) -> list[str]:
+    return [o for o in OBJECTIVES if name(o, *RUNS[0]) in payload["losses"]]
+
+
+def windows(payload: dict, objective: str, width: int) -> list[tuple[int, list[tuple[float, float]], float, float]]:
+    """Per window of ``width`` steps: its last step, (mean, standard error) of each run of RUNS, |fast − old|
+    averaged over the seeds and |seed 1 − seed 0| averaged over the paths."""
+    out = []
+    for end in range(width, payload["steps"] + 1, width):
+        means = [window(payload["losses"][name(objective, *r)], end, width) for r in RUNS]
+        (old0, _), (fast0, _), (old1, _), (fast1, _) = means
+        out.append((end, means, (abs(fast0 - old0) + abs(fast1 - old1)) / 2,
+                    (abs(old1 - old0) + abs(fast1 - fast0)) / 2))
+    return out
+
+
+def curves_markdown(payload: dict, width: int = 50) -> str:
+    """Each objective's windows (what curves.md holds; benchmarks/tables.py rewrites it from curves.json)."""
+    lines = [f"Mean loss over each {width}-step window ending at the step (± standard error of the mean).", ""]
+    header = ["step", *(f"{path}, seed {seed}" for path, seed in RUNS), "\\|fast − old\\|", "\\|seed 1 − seed 0\\|"]
+    for objective in objectives_of(payload):
+        lines += [f"## {OBJECTIVES[objective]}", "", "| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
+        rows = windows(payload, objective, width)
+        for end, means, gap, noise in rows:
+            cells = [f"{mean:.4g} ± {error:.2g}" for mean, error in means] + [f"{gap:.2g}", f"{noise:.2g}"]
+            lines.append(f"| {end} | " + " | ".join(cells) + " |")
+        later = rows[1:] or rows
+        lines += ["", f"Windows after the first: mean \\|fast − old\\| {statistics.fmean(r[2] for r in later):.2g}, "
+                  f"mean \\|seed 1 − seed 0\\| {statistics.fmean(r[3] for r in later):.2g}.", ""]
+    return "\n".join(lines)
+
+
+def summary(payload: dict, width: int = 50) -> str:
+    """One row per objective: over the windows after the first, mean |fast − old| against mean |seed 1 − seed 0|,
+    and the runs' mean standard error in the last window."""
+    lines = ["| objective | \\|fast − old\\| | \\|seed 1 − seed 0\\| | window standard error at the last step |",
+             "|---|---:|---:|---:|"]
+    for objective in objectives_of(payload):
+        rows = windows(payload, objective, width)
+        later = rows[1:] or rows
+        error = statistics.fmean(e for _, e in rows[-1][1])
+        lines.append(f"| {QUANTITY[objective]} | {statistics.fmean(r[2] for r in later):.2g} | "
+                     f"{statistics.fmean(r[3] for r in later):.2g} | {error:.2g} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -63,9 +115,6 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     objectives = args.objectives.split(",")
 
-    def name(objective, path, seed):
-        return f"{objective}-{path}-s{seed}"
-
     def train(objective, path, seed):
         teacher = [f"teacher={args.out / name('teacher', 'old', 0)}"] if objective in ("oftsr", "meanflow") else []
         return run(args.out / name(objective, path, seed), f"tiny-{objective}{args.suffix}", path, seed, args.steps,
@@ -78,24 +127,11 @@ def main() -> int:
         curves.update(zip([name(*s) for s in students], pool.map(lambda s: train(*s), students)))
     payload = {"steps": args.steps, "suffix": args.suffix, "losses": curves}
     (args.out / "curves.json").write_text(json.dumps(payload) + "\n")
-
-    lines = [f"# Loss curves, old path (fast=false) and fast path, tiny{args.suffix} presets, {args.steps} steps",
-             "", f"Mean loss over each {args.width}-step window ending at the step (± standard error of the mean).", ""]
-    header = ["step", *(f"{path}, seed {seed}" for path, seed in RUNS), "\\|fast − old\\|", "\\|seed 1 − seed 0\\|"]
-    for objective in objectives:
-        lines += [f"## {OBJECTIVES[objective]}", "", "| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
-        gaps = []  # (|fast - old| averaged over the seeds, |seed 1 - seed 0| averaged over the paths) per window
-        for end in range(args.width, args.steps + 1, args.width):
-            means = [window(curves[name(objective, *r)], end, args.width) for r in RUNS]
-            (old0, _), (fast0, _), (old1, _), (fast1, _) = means
-            gaps.append(((abs(fast0 - old0) + abs(fast1 - old1)) / 2, (abs(old1 - old0) + abs(fast1 - fast0)) / 2))
-            cells = [f"{mean:.4g} ± {error:.2g}" for mean, error in means] + [f"{gap:.2g}" for gap in gaps[-1]]
-            lines.append(f"| {end} | " + " | ".join(cells) + " |")
-        later = gaps[1:] or gaps
-        lines += ["", f"Windows after the first: mean \\|fast − old\\| {statistics.fmean(g for g, _ in later):.2g}, "
-                  f"mean \\|seed 1 − seed 0\\| {statistics.fmean(n for _, n in later):.2g}.", ""]
-    (args.out / "curves.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    text = (f"# Loss curves, old path (fast=false) and fast path, tiny{args.suffix} presets, {args.steps} steps\n\n"
+            f"<!-- table:train-paths-curves -->\n{curves_markdown(payload, args.width)}\n"
+            "<!-- /table:train-paths-curves -->\n")
+    (args.out / "curves.md").write_text(text)
+    print(text)
     return 0
 
 

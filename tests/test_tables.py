@@ -136,3 +136,17 @@ def test_rows_of_other_weights_are_left_out_of_the_tables(tmp_path, monkeypatch)
 def test_a_try_on_part_of_a_set_cannot_land_in_the_committed_json():
     with pytest.raises(SystemExit):
         bundled_results.main(["--models", "bicubic", "--limit", "1"])
+
+
+def _row(**metrics) -> dict:
+    return {"metrics": metrics}
+
+
+def test_the_shipping_verdict_names_each_metric_and_set_where_the_new_model_is_not_better():
+    pairs = {"Set14": (_row(lpips=0.20, dists=0.18), _row(lpips=0.21, dists=0.15)),
+             "BSD100": (_row(lpips=0.26, dists=0.20), _row(lpips=0.25, dists=0.20))}
+    assert tables._verdict(pairs, ("lpips", "dists")) == \
+        "no: LPIPS not better on Set14; DISTS not better on BSD100"  # a tie is not better
+    assert tables._verdict({"Set14": (_row(psnr_y=26.0), _row(psnr_y=28.0))}, ("psnr_y",)) == "yes"
+    assert tables._verdict({"Set14": (_row(psnr_y=28.0), _row(psnr_y=26.0))}, ("psnr_y",)) == \
+        "no: PSNR-Y not better on Set14"
