@@ -45,6 +45,11 @@ WHAT = {"bicubic": "bicubic interpolation", "regression": "regression baseline (
 # published bicubic x4 PSNR-Y / SSIM-Y (the values SR papers cite), against which the protocol is checked
 PUBLISHED_BICUBIC = {"Set5": "28.42 / 0.8104", "Set14": "26.09 / 0.7048", "BSD100": "25.96 / 0.6675"}
 
+def docs_json(name: str) -> dict:
+    """A committed JSON file under docs/, by its path there."""
+    return json.loads((ROOT / "docs" / name).read_text())
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -279,7 +284,7 @@ def cpu_recipe_runs() -> str:
 
 
 def teacher_ab() -> str:
-    data = json.loads((ROOT / "docs" / "cpu" / "teacher_ab.json").read_text())
+    data = docs_json("cpu/teacher_ab.json")
     rows = data["rows"]
     best = {"noise_leak": min(r["noise_leak"] for r in rows), "psnr_y_1": max(r["psnr_y_1"] for r in rows),
             "psnr_y_8": max(r["psnr_y_8"] for r in rows)}
@@ -299,7 +304,7 @@ def teacher_ab() -> str:
 def start_nets() -> str:
     """BSRN and RLFN as implemented in flowsr against their published x4 numbers (docs/start_nets.json, written by
     benchmarks/start_nets.py)."""
-    data = json.loads((ROOT / "docs" / "start_nets.json").read_text())
+    data = docs_json("start_nets.json")
     body = []
     for set_name, rows in data["sets"].items():
         cells = [set_name]
@@ -327,7 +332,7 @@ def meanflow_ab() -> str:
 # -- the two training paths (docs/cpu/train_paths/README.md) ------------------------------------------------
 
 def train_paths_set5() -> str:
-    data = json.loads((ROOT / "docs" / "cpu" / "train_paths" / "eval-set5-300-steps.json").read_text())
+    data = docs_json("cpu/train_paths/eval-set5-300-steps.json")
     by_model = {r["model"]: r["metrics"] for r in data["results"]}
     labels = {"teacher": "teacher (4 steps)", "regression": "regression", "oftsr": "OFTSR (1 step)",
               "meanflow": "MeanFlow (1 step)"}
@@ -343,7 +348,7 @@ def train_paths_set5() -> str:
 
 
 def train_speed_idle() -> str:
-    data = json.loads((ROOT / "docs" / "cpu" / "bench_train_idle.json").read_text())
+    data = docs_json("cpu/bench_train_idle.json")
     rows = data["rows"]
     body = []
     for objective in dict.fromkeys(r["objective"] for r in rows):
@@ -362,10 +367,6 @@ def train_speed_idle() -> str:
 
 CHOSEN_START = "bsrn-x4-s0.1"  # the start A/B's chosen variant, kept in models/gpu-pm/bsrn-x4-s0.1
 SHOWN = ("psnr_y", "lpips", "dists", "hf_ratio", "ref_psnr_y")  # each cell: those of them that were measured
-
-
-def docs_json(name: str) -> dict:
-    return json.loads((ROOT / "docs" / name).read_text())
 
 
 def shown(row: dict, keys: tuple[str, ...] = SHOWN) -> str:
@@ -464,12 +465,12 @@ def _side(row: dict, keys: tuple[str, ...]) -> str:
 
 # -- the CPU recipe's models (docs/cpu/results.md, docs/cpu-recipe.md) ---------------------------------------
 
-CPU_EVAL = ROOT / "docs" / "cpu" / "eval"  # benchmarks/eval_models.sh's merged eval-SET.json of models/cpu
 ROLES = {"flow": "teacher", "oftsr": "oftsr", "meanflow": "meanflow"}
 
 
 def cpu_rows(set_name: str) -> list[dict]:
-    return json.loads((CPU_EVAL / f"eval-{set_name}.json").read_text())["results"]
+    """The rows of benchmarks/eval_models.sh's merged eval-SET.json of models/cpu (docs/cpu/eval)."""
+    return docs_json(f"cpu/eval/eval-{set_name}.json")["results"]
 
 
 def cpu_results(set_name: str) -> str:
@@ -524,15 +525,13 @@ TABLES = {
     **{f"cpu-results-{set_name}": (lambda set_name=set_name: cpu_results(set_name)) for set_name in SETS},
     "cpu-targets": cpu_targets,
     "cpu-not-shipped": cpu_not_shipped,
-    "start-ab": lambda: start_ab_report.tables(json.loads((ROOT / "docs" / "start_ab.json").read_text())),
-    "cfg-ablation": lambda: cfg_ablation_report.tables(json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())),
-    "cfg-summary": lambda: cfg_ablation_report.summary(
-        json.loads((ROOT / "docs" / "cfg_ablation.json").read_text())["rows"]),
-    "onnx-parity": lambda: onnx_parity.table(json.loads((ROOT / "docs" / "onnx" / "parity.json").read_text())),
+    "start-ab": lambda: start_ab_report.tables(docs_json("start_ab.json")),
+    "cfg-ablation": lambda: cfg_ablation_report.tables(docs_json("cfg_ablation.json")),
+    "cfg-summary": lambda: cfg_ablation_report.summary(docs_json("cfg_ablation.json")["rows"]),
+    "onnx-parity": lambda: onnx_parity.table(docs_json("onnx/parity.json")),
     "onnx-speed": lambda: onnx_report.speed_table(ROOT / "docs" / "onnx" / "speed"),
     "real-world-tiny": real_world_tiny,
-    "degradations-speed": lambda: bench_degradations.table(
-        json.loads((ROOT / "docs" / "real-world" / "degradations.json").read_text())),
+    "degradations-speed": lambda: bench_degradations.table(docs_json("real-world/degradations.json")),
     "onnx-settings": lambda: onnx_report.settings_table(ROOT / "docs" / "onnx" / "speed"),
     "data-scale": lambda: data_scale.table(docs_json("scaling/data_scale.json")),
     "sharded-upscale": lambda: sharded_upscale.table(docs_json("scaling/sharded_upscale.json")),
