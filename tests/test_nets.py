@@ -91,6 +91,39 @@ def test_jvp_matches_finite_difference(cfg):
         torch.testing.assert_close(jvp, fd, rtol=1e-5, atol=1e-7 * scale)
 
 
+
+def test_jvp_with_constant_weights_equals_torchs_rules_at_two_thirds_of_the_flops(monkeypatch):
+    """The layers' own forward-mode rules (weights constant) give torch's tangents, and a JVP costs exactly
+    two forwards' convolution and linear FLOPs (primal + tangent), not three (torch also applies the
+    zero weight tangents)."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flowsr.nets import unet
+
+    net = _net(TINY).double()
+    _perturb(net, interval=False, scale=0.1)
+    _perturb(net, interval=True, scale=0.1)
+    x, t, cond = _inputs(dtype=torch.float64)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    h = torch.full((2,), 0.25, dtype=torch.float64)
+
+    def jvp():
+        with torch.no_grad(), fwAD.dual_level(), FlopCounterMode(display=False) as counter:
+            t_dual = fwAD.make_dual(t, torch.ones_like(t))
+            out = net(fwAD.make_dual(x, v), t_dual, cond, h=h - t_dual)
+            return fwAD.unpack_dual(out).tangent, counter.get_total_flops()
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t, cond, h=h)
+    forward_flops = counter.get_total_flops()
+    ours, our_flops = jvp()
+    monkeypatch.setattr(unet, "_input_tangent", lambda x, weight: None)  # torch's rules everywhere
+    torchs, torch_flops = jvp()
+    torch.testing.assert_close(ours, torchs, rtol=1e-10, atol=1e-10 * torchs.abs().max().item())
+    assert our_flops == 2 * forward_flops
+    assert torch_flops == 3 * forward_flops
+
 def test_state_dict_round_trip_and_determinism():
     net = _net(ATTN)
     _perturb(net, interval=False)
