@@ -348,19 +348,28 @@ def train_paths_set5() -> str:
 
 
 def train_speed_idle() -> str:
+    """docs/cpu/train_paths: crops/s of each path of `flowsr bench --train` and, per path, the bound on its speed-up
+    (the old step over the path's loss forward and backward alone), from docs/cpu/bench_train_idle.json."""
     data = docs_json("cpu/bench_train_idle.json")
     rows = data["rows"]
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    header = ["objective"] + [f"{p} crops/s" for p in paths] + [f"{p} / {paths[0]}" for p in paths[1:]]
+    header += [f"{paths[0]} step ms", f"{paths[0]} loss alone ms"]
+    header += ["fast loss alone ms", "bound on fast / old"] if "fast" in paths else []
+    header.append("GFLOP per step")
     body = []
     for objective in dict.fromkeys(r["objective"] for r in rows):
-        old = next((r for r in rows if r["objective"] == objective and r["path"] == "old"), None)
-        fast = next((r for r in rows if r["objective"] == objective and r["path"] == "fast"), None)
-        body.append([objective, f"{old['crops_per_s']:.1f}" if old else "–",
-                     f"{fast['crops_per_s']:.1f}" if fast else "–",
-                     f"{fast['speedup']:.2f}×" if fast else "–", f"{(fast or old)['gflop_per_step']:.2f}"])
-    first = rows[0]
+        by_path = {r["path"]: r for r in rows if r["objective"] == objective}
+        first = by_path[paths[0]]
+        line = [objective] + [f"{by_path[p]['crops_per_s']:.1f}" for p in paths]
+        line += [f"{by_path[p]['speedup']:.2f}×" for p in paths[1:]]
+        line += [f"{first['step_ms']:.1f}", f"{first['loss_ms']:.1f}"]
+        if "fast" in paths:
+            line += [f"{by_path['fast']['loss_ms']:.1f}", f"{by_path['fast']['speedup_bound']:.2f}×"]
+        body.append(line + [f"{first['gflop_per_step']:.2f}"])
     presets = ", ".join(f"`{p}`" for p in dict.fromkeys(r["preset"] for r in rows))
-    return markdown(["objective", "old crops/s", "fast crops/s", "fast / old", "GFLOP per step"], body) + \
-        f"\n\n{data.get('machine', '?')}; presets {presets}, batch {first['batch']}, {first['crop']}² crops."
+    return markdown(header, body) + (f"\n\n`{data['command']}`: {data['machine']}; presets {presets}, batch "
+                                     f"{rows[0]['batch']}, {rows[0]['crop']}² crops.")
 
 
 # -- the start-network recipe (docs/start-networks.md) -------------------------------------------------------

@@ -168,6 +168,37 @@ def train_step_flops(cfg, device: torch.device) -> float:
     return counter.get_total_flops()
 
 
+def train_loss_seconds(cfg, device: torch.device, steps: int = 10, warmup: int = 3) -> float:
+    """Median seconds of the loss forward and backward alone of ``cfg``'s objective (teacher and JVP included)
+    on one random batch at its batch size and crop, in the precision and memory format its path trains in
+    (:func:`flowsr.train.runtime_options`; eager): no data feed, optimizer, EMA or host sync. A path's
+    training step cannot be shorter than this, so ``old step / this`` bounds the speed-up of an eager path."""
+    from flowsr.nets import UNet
+    from flowsr.objectives import freeze
+    from flowsr.train import build_loss, runtime_options
+
+    bf16, channels_last, _ = runtime_options(cfg, device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = UNet(cfg.net).to(device, memory_format=layout)
+    teacher = (freeze(UNet(cfg.net).to(device, memory_format=layout)) if cfg.objective in ("oftsr", "meanflow")
+               else None)
+    gt = (torch.rand(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device) * 2 - 1).contiguous(memory_format=layout)
+    batch = {"gt": gt, "cond": gt.clone(memory_format=layout)}
+    loss_fn = build_loss(cfg, teacher)
+    times = []
+    for index in range(warmup + steps):
+        _sync(device)
+        begin = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = loss_fn(net, batch)
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+        _sync(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
 def train_speed(cfg, out, steps: int = 20, log_every: int = 5) -> dict:
     """Steps/s and crops/s of ``flowsr.train.train`` itself on ``cfg`` (its path, data feed and runtime
     options, as a real run): ``2 steps`` steps into the new directory ``out``, timed over the last ``steps``

@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead: training throughput of every objective for this preset's network (real short "
                     "runs; --batch, --crop: overrides; --repeat: timed steps, after as many warm-up steps)")
     bn.add_argument("--paths", type=_words, default=["old", "fast"], metavar="PATHS",
-                    help="with --train: the training paths to time in turn, old (fast=false) and/or fast")
+                    help="with --train: the training paths to time in turn: old (fast=false), fast, compiled "
+                         "(fast with compile=true, also on the CPU)")
     bn.add_argument("--data", default=None, help="with --train: training images (default: the preset's, else random)")
     bn.add_argument("--rounds", type=option("rounds"), default=1, help="with --train: time each path this many times, "
                     "alternating, and keep the fastest (on a busy machine)")
@@ -227,6 +228,7 @@ def _stop_on_signals() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the commands that write JSON
     handler = {"upscale": cmd_upscale, "eval": cmd_eval, "train": cmd_train, "shard": cmd_shard, "degrade": cmd_degrade,
                "models": cmd_models, "export": cmd_export, "import": cmd_import, "bench": cmd_bench,
                "serve": _serve}[args.command]
@@ -868,7 +870,8 @@ def cmd_bench(args) -> int:
     if args.train:
         rows = bench_training(args)
         keys = ["objective", "path", "bf16", "channels_last", "compile", "batch", "crop", "steps_per_s", "crops_per_s",
-                "speedup", "gflop_per_step", "achieved_tflops"] + [k for k in rows[0] if k.startswith("fraction_of")]
+                "speedup", "step_ms", "loss_ms", "speedup_bound", "gflop_per_step", "achieved_tflops"]
+        keys += [k for k in rows[0] if k.startswith("fraction_of")]
     else:
         rows = []
         for spec in args.model:
@@ -900,9 +903,11 @@ def cmd_bench(args) -> int:
             keys.append("fraction_of_matmul")
     print(bench.format_rows(rows, keys))
     if args.json:
+        import shlex
+
         from flowsr.checkpoint import atomic_write
 
-        payload = {"machine": _machine(args.device), "rows": rows}
+        payload = {"command": "flowsr " + shlex.join(args.argv), "machine": _machine(args.device), "rows": rows}
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
         print(f"wrote {args.json}")
     return 0
@@ -939,10 +944,13 @@ def _machine(device: str) -> str:
 
 
 def bench_training(args) -> list[dict]:
-    """Training throughput of each objective on ``--train``'s network, for each path of ``--paths`` (``fast=false``:
-    the path before issue 21; ``fast=true``), in one run: crops/s of real ``flowsr train`` runs (data feed
-    included; flowsr.bench.train_speed), FLOPs per step counted on one step, and the achieved fraction of the
-    device's measured matmul rate (bf16; on the CPU also fp32)."""
+    """Training throughput of each objective on ``--train``'s network, for each path of ``--paths`` (``old``:
+    ``fast=false``, the path before issue 21; ``fast``: ``fast=true``; ``compiled``: ``fast=true compile=true``),
+    in one run: crops/s of real ``flowsr train`` runs (data feed
+    included; flowsr.bench.train_speed), the loss forward and backward alone in the path's precision and layout
+    (flowsr.bench.train_loss_seconds; ``speedup_bound``: the first path's step time over it, the most the path
+    could gain without any data feed, optimizer or sync), FLOPs per step counted on one step, and the achieved
+    fraction of the device's measured matmul rate (bf16; on the CPU also fp32)."""
     import dataclasses
     import tempfile
 
@@ -955,8 +963,8 @@ def bench_training(args) -> list[dict]:
     from flowsr.pipeline import resolve_device
     from flowsr.train import _start_sha, model_config, runtime_options
 
-    if not args.paths or set(args.paths) - {"old", "fast"}:
-        raise ValueError(f"--paths: old and/or fast, not {','.join(args.paths)}")
+    if not args.paths or set(args.paths) - {"old", "fast", "compiled"}:
+        raise ValueError(f"--paths: old, fast and/or compiled, not {','.join(args.paths)}")
     device = resolve_device(args.device)
     peaks = {"bf16": bench.matmul_tflops(device)}
     if device.type == "cpu":
@@ -976,19 +984,25 @@ def bench_training(args) -> list[dict]:
             cfg.device, cfg.teacher = device.type, str(teacher) if objective in ("oftsr", "meanflow") else ""
             cfg.batch_size = args.batch if args.batch > 1 else base.batch_size
             cfg.crop = args.crop or base.crop
-            speeds = {}
+            speeds, losses = {}, {}
             for attempt, path in enumerate(args.paths * args.rounds):  # alternating, the fastest of each path kept
-                cfg.fast = path == "fast"
+                cfg.fast, cfg.compile = path != "old", "true" if path == "compiled" else "auto"
                 speed = bench.train_speed(cfg, Path(tmp) / f"{objective}-{path}-{attempt}", steps=args.repeat)
                 if path not in speeds or speed["steps_per_s"] > speeds[path]["steps_per_s"]:
                     speeds[path] = speed
+                if path != "compiled":  # (the loss alone is timed eager)
+                    seconds = bench.train_loss_seconds(cfg, device, steps=args.repeat)
+                    losses[path] = min(seconds, losses.get(path, seconds))
             for path in args.paths:
-                cfg.fast, speed = path == "fast", speeds[path]
+                cfg.fast, cfg.compile = path != "old", "true" if path == "compiled" else "auto"
+                speed = speeds[path]
                 flops = bench.train_step_flops(cfg, device)
                 bf16, channels_last, compiled = runtime_options(cfg, device)
                 row = {"objective": objective, "path": path, "preset": cfg.preset, "bf16": bf16,
                        "channels_last": channels_last, "compile": compiled, "batch": cfg.batch_size,
                        "crop": cfg.crop, "device": str(device), "threads": torch.get_num_threads(), **speed,
+                       "step_ms": 1e3 / speed["steps_per_s"],
+                       "loss_ms": 1e3 * losses[path] if path in losses else None,
                        "gflop_per_step": flops / 1e9, "achieved_tflops": flops * speed["steps_per_s"] / 1e12}
                 for dtype, peak in peaks.items():
                     row[f"matmul_{dtype}_tflops"] = peak
@@ -997,6 +1011,8 @@ def bench_training(args) -> list[dict]:
     for row in rows:  # against the first path of the same objective
         first = next(r for r in rows if r["objective"] == row["objective"])
         row["speedup"] = row["crops_per_s"] / first["crops_per_s"]
+        # the most this path could gain with no data feed, optimizer or sync at all: first step / own loss
+        row["speedup_bound"] = first["step_ms"] / row["loss_ms"] if row["loss_ms"] else None
     return rows
 
 

@@ -129,8 +129,8 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, foreach
 
 # What the fast path turns on on the CPU ("auto"): bf16 autocast (oneDNN runs bf16 convolutions natively on
 # AVX-512 BF16 / AMX CPUs) and channels-last both shortened a tiny-preset step of every objective, eager; together
-# 1.3-1.6x with fused AdamW (1 thread, busy machine); torch.compile did not (no faster, minutes to compile). Loss
-# curves and measurements: docs/cpu/train_paths.
+# 1.3-1.5x with fused AdamW (2 threads, idle); torch.compile adds 0-10 % after about a minute of compiling, so it
+# stays off here. Loss curves and measurements: docs/cpu/train_paths.
 CPU_BF16 = True
 CPU_CHANNELS_LAST = True
 

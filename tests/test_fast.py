@@ -159,9 +159,23 @@ def test_bench_train_times_every_objective_on_both_paths(image_folder, tmp_path,
 
     assert main(["bench", "--train", "tiny-teacher", "--crop", "32", "--batch", "2", "--repeat", "1",
                  "--data", str(image_folder), "--device", "cpu", "--json", str(tmp_path / "bench.json")]) == 0
-    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert payload["command"] == f"flowsr bench --train tiny-teacher --crop 32 --batch 2 --repeat 1 --data " \
+        f"{image_folder} --device cpu --json {tmp_path / 'bench.json'}"
+    rows = payload["rows"]
     assert [(r["objective"], r["path"]) for r in rows] == [(o, p) for o in ("flow_matching", "regression", "oftsr",
                                                                              "meanflow") for p in ("old", "fast")]
     assert all(r["crops_per_s"] > 0 and r["gflop_per_step"] > 0 and 0 < r["fraction_of_fp32_matmul"] for r in rows)
     assert [r["preset"] for r in rows[::2]] == ["tiny-teacher", "tiny-regression", "tiny-oftsr", "tiny-meanflow"]
     assert rows[0]["speedup"] == 1 and "fraction_of_bf16_matmul" in capsys.readouterr().out
+    for old, fast in zip(rows[::2], rows[1::2]):  # the bound: the old step over the loss alone
+        assert old["loss_ms"] > 0 and fast["loss_ms"] > 0
+        assert old["step_ms"] == pytest.approx(1e3 / old["steps_per_s"])
+        assert fast["speedup_bound"] == pytest.approx(old["step_ms"] / fast["loss_ms"])
+
+
+def test_bench_train_refuses_an_unknown_path(capsys):
+    from flowsr.cli import main
+
+    assert main(["bench", "--train", "tiny-teacher", "--paths", "fast,eager", "--device", "cpu"]) != 0
+    assert "--paths: old, fast and/or compiled, not fast,eager" in capsys.readouterr().err
