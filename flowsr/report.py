@@ -47,22 +47,33 @@ def _fmt(value) -> str:
     return f"{value:.2f}" if abs(value) >= 10 else f"{value:.4f}"
 
 
+def tradeoff_series(rows: list[dict]) -> dict[str, list[dict]]:
+    """The lines of :func:`tradeoff_plot`: the rows with PSNR-Y and LPIPS, one line per model and guidance
+    scale (``"model"``, or ``"model, w=1.5"`` for guided rows), in row order."""
+    series: dict[str, list[dict]] = {}
+    for row in rows:
+        if "lpips" in row["metrics"] and "psnr_y" in row["metrics"]:
+            guidance = row.get("guidance")
+            name = row["model"] + (f", w={guidance:g}" if guidance not in (None, 1.0) else "")
+            series.setdefault(name, []).append(row)
+    return series
+
+
 def tradeoff_plot(rows: list[dict], path: str | Path, title: str = "") -> None:
-    """PSNR-Y (fidelity) against LPIPS (perception, lower is better), one labelled point per row."""
+    """PSNR-Y (fidelity) against LPIPS (perception, lower is better), one labelled point per row, one line per
+    model and guidance scale (:func:`tradeoff_series`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if "lpips" in r["metrics"] and "psnr_y" in r["metrics"]]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    for model in dict.fromkeys(r["model"] for r in rows):
-        points = [r for r in rows if r["model"] == model]
+    for name, points in tradeoff_series(rows).items():
         xs = [r["metrics"]["lpips"] for r in points]
         ys = [r["metrics"]["psnr_y"] for r in points]
-        ax.plot(xs, ys, "o-" if len(points) > 1 else "o", label=model)
+        ax.plot(xs, ys, "o-" if len(points) > 1 else "o", label=name)
         for r, x, y in zip(points, xs, ys):
-            text = label(r)[len(model) + 2:] or f"NFE {r['nfe']}"
+            text = label(r)[len(r["model"]) + 2:] or f"NFE {r['nfe']}"
             ax.annotate(f"{text} (NFE {r['nfe']})" if "NFE" not in text else text, (x, y), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("LPIPS (AlexNet) ↓  — perception")

@@ -49,6 +49,10 @@ def test_report_table_plot_and_grid(tmp_path, image_folder):
     assert report.label(row) == "m, t=0.5"
     report.tradeoff_plot([row, {**row, "t": 1.0, "metrics": {"psnr_y": 28.0, "lpips": 0.1}}], out / "p.png")
     assert (out / "p.png").stat().st_size > 0
+    teacher = {**row, "kind": "flow", "t": None}  # guided and unguided rows of one model are separate lines
+    rows = [{**teacher, "steps": n, "guidance": w} for w in (1.0, 1.5) for n in (1, 4)]
+    assert {name: [r["steps"] for r in points] for name, points in report.tradeoff_series(rows).items()} == {
+        "m": [1, 4], "m, w=1.5": [1, 4]}
     sweep = [{**row, "t": t, "metrics": {"psnr_y": 30 - t, "hf_ratio": t}} for t in (0.0, 0.5, 1.0)]
     assert list(report.knob_sweeps(sweep + [{**row, "model": "other"}])) == ["m"]  # one t is no sweep
     report.knob_plot(sweep, out / "k.png")
