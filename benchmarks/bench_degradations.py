@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 try:
+    from flowsr.bench import machine
     from flowsr.degradations import RealESRGANConfig, degrade
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from flowsr.bench import machine
     from flowsr.degradations import RealESRGANConfig, degrade
 
 
@@ -65,7 +67,7 @@ def main() -> None:
 
     results = {"command": "python3 benchmarks/bench_degradations.py " + " ".join(sys.argv[1:]),
                "date": datetime.date.today().isoformat(),
-               "machine": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+               "machine": machine(),
                "torch": torch.__version__, "python": platform.python_version(), "runs": []}
     for device in args.devices.split(","):
         if device == "cuda" and not torch.cuda.is_available():

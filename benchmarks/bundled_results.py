@@ -26,13 +26,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from flowsr.bench import machine
 from flowsr.catalog import weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,17 +58,6 @@ def kind_of(name: str) -> str:
 def sha256(name: str) -> str | None:
     """SHA-256 of the shipped weights file; None for bicubic (no weights)."""
     return None if name == "bicubic" else weights_sha256(WEIGHTS / name)
-
-
-def machine() -> str:
-    """CPU model (or the GPU's name when CUDA is used), cores and the thread count eval runs with."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    threads = os.environ.get("OMP_NUM_THREADS", "default")
-    return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={threads}"
 
 
 def limited(folder: Path, set_name: str, limit: int, scratch: Path) -> Path:

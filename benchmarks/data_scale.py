@@ -26,10 +26,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from flowsr.bench import machine
 from flowsr.data import find_images
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundled_results import machine  # noqa: E402  (benchmarks/ is not a package)
 
 
 def tree(pid: int) -> list[int]:

@@ -39,14 +39,15 @@ for variant in "$MODEL none" "$MODEL default" "$OUT/$MODEL-onnx none"; do
 done
 # what ran, for the tables (python3 benchmarks/onnx_report.py "$OUT"; docs/onnx/speed/ is such a folder)
 python3 - "$OUT" "$MODEL" "$THREADS" "$SIZES" "$REPEAT" <<'PY'
-import datetime, json, platform, sys
+import datetime, json, sys
 from pathlib import Path
+from flowsr.bench import machine
 from flowsr.catalog import model_path, weights_sha256
 out, model, threads, sizes, repeat = sys.argv[1:]
 command = f"OUT={out} THREADS={threads} SIZES={sizes} REPEAT={repeat} MODEL={model} bash benchmarks/onnx_cpu.sh"
 run = {"command": command, "model": model, "sha256": weights_sha256(model_path(model)), "threads": int(threads),
        "sizes": sizes, "repeat": int(repeat), "date": datetime.date.today().isoformat(),
-       "machine": f"{platform.processor() or platform.machine()} CPU, {threads} threads"}
+       "machine": machine(threads=int(threads))}
 Path(out, "run.json").write_text(json.dumps(run, indent=2) + "\n")
 PY
 echo "wrote $OUT/run.json, bench.json, bench_ort.json, bench_fp16.json, memory_*.json"

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowsr.bench import machine
 from flowsr.catalog import model_path, weights_sha256
 from flowsr.evaluate import evaluate, load_dataset
 from flowsr.onnx_export import export
@@ -81,7 +81,7 @@ def main() -> None:
                          "levels_mean": float(np.mean([d.mean() for d in levels])), **result["metrics"]})
     data = {"dataset": dataset.name, "images": len(names), "seed": args.seed,
             "command": "python3 benchmarks/onnx_parity.py " + " ".join(sys.argv[1:]),
-            "machine": f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+            "machine": machine(),
             "date": datetime.date.today().isoformat(), "rows": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

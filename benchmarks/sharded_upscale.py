@@ -22,8 +22,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundled_results import machine  # noqa: E402  (benchmarks/ is not a package)
+from flowsr.bench import machine
 
 SUMMARY = re.compile(r"(?P<written>\d+) written.*\((?P<world>\d+) process(es)?, (?P<rate>[0-9.]+) images/s\)")
 

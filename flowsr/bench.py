@@ -7,6 +7,8 @@ within one run on one machine.
 from __future__ import annotations
 
 import copy
+import os
+import platform
 import resource
 import statistics
 import time
@@ -15,6 +17,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from flowsr.pipeline import Settings, Upscaler
+
+
+def machine(device: str | torch.device = "cpu", threads: int | None = None) -> str:
+    """The machine a measurement ran on, as the JSON records say it: the GPU's name for a CUDA device, else the
+    CPU's model name (from /proc/cpuinfo where there is one), its cores and the threads of the run (``threads``,
+    default torch's: OMP_NUM_THREADS where set)."""
+    if str(device) != "cpu" and torch.cuda.is_available():
+        index = torch.device(device).index if str(device).startswith("cuda") else None  # ("auto": the first)
+        return torch.cuda.get_device_name(index or 0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {threads or torch.get_num_threads()} threads"
 
 
 def _sync(device: torch.device) -> None:

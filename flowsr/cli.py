@@ -907,7 +907,8 @@ def cmd_bench(args) -> int:
 
         from flowsr.checkpoint import atomic_write
 
-        payload = {"command": "flowsr " + shlex.join(args.argv), "machine": _machine(args.device), "rows": rows}
+        payload = {"command": "flowsr " + shlex.join(args.argv), "machine": bench.machine(args.device),
+                   "rows": rows}
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
         print(f"wrote {args.json}")
     return 0
@@ -931,16 +932,6 @@ def _runtime_variants(model, args):
     for threads, level, execution in product(args.ort_threads or [None], args.ort_opt, args.ort_execution):
         model.net = model.net.with_options(OrtOptions(threads=threads, optimization=level, execution=execution))
         yield model.net.options
-
-
-def _machine(device: str) -> str:
-    import platform
-
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def bench_training(args) -> list[dict]:

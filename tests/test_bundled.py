@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import flowsr
@@ -117,3 +118,13 @@ def test_compiled_network_gives_the_eager_output_and_bench_labels_rows(tmp_path,
                  "--compile", "fastest"]) == 1 and not (tmp_path / "bad" / "a.png").exists()
     same = [Image.open(tmp_path / mode / "a.png") for mode in ("none", "reduce-overhead")]
     assert abs(torch.tensor(np.array(same[0]), dtype=torch.int16) - torch.tensor(np.array(same[1]))).max() <= 1
+
+
+def test_machine_label_names_the_cpu_its_cores_and_the_threads():
+    import os
+
+    from flowsr.bench import machine
+
+    assert machine("cpu", threads=3).endswith(f", {os.cpu_count()} cores, 3 threads")
+    assert machine("cpu").endswith(f", {torch.get_num_threads()} threads")
+    assert not machine("cpu").startswith(",")  # a CPU name comes first
