@@ -937,11 +937,11 @@ def _runtime_variants(model, args):
 def bench_training(args) -> list[dict]:
     """Training throughput of each objective on ``--train``'s network, for each path of ``--paths`` (``old``:
     ``fast=false``, the path before issue 21; ``fast``: ``fast=true``; ``compiled``: ``fast=true compile=true``),
-    in one run: crops/s of real ``flowsr train`` runs (data feed
-    included; flowsr.bench.train_speed), the loss forward and backward alone in the path's precision and layout
-    (flowsr.bench.train_loss_seconds; ``speedup_bound``: the first path's step time over it, the most the path
-    could gain without any data feed, optimizer or sync), FLOPs per step counted on one step, and the achieved
-    fraction of the device's measured matmul rate (bf16; on the CPU also fp32)."""
+    in one run: crops/s of real ``flowsr train`` runs (data feed included; flowsr.bench.train_speed), the loss
+    forward and backward alone in the path's precision and layout (flowsr.bench.train_loss_seconds;
+    ``speedup_bound``: the first path's step time over it, the most the path could gain without any data feed,
+    optimizer or sync), FLOPs per step counted on one step, and the achieved fraction of the device's measured
+    matmul rate (bf16; on the CPU also fp32)."""
     import dataclasses
     import tempfile
 
