@@ -870,7 +870,8 @@ def cmd_bench(args) -> int:
     if args.train:
         rows = bench_training(args)
         keys = ["objective", "path", "bf16", "channels_last", "compile", "batch", "crop", "steps_per_s", "crops_per_s",
-                "speedup", "step_ms", "loss_ms", "speedup_bound", "gflop_per_step", "achieved_tflops"]
+                "speedup", "step_ms", "loss_ms", "speedup_bound", "vs_flow_matching", "gflop_per_step",
+                "achieved_tflops"]
         keys += [k for k in rows[0] if k.startswith("fraction_of")]
     else:
         rows = []
@@ -1004,6 +1005,9 @@ def bench_training(args) -> list[dict]:
         row["speedup"] = row["crops_per_s"] / first["crops_per_s"]
         # the most this path could gain with no data feed, optimizer or sync at all: first step / own loss
         row["speedup_bound"] = first["step_ms"] / row["loss_ms"] if row["loss_ms"] else None
+        # a step against the flow-matching step of the same path (issue 21's R2: MeanFlow's JVP overhead)
+        matching = next((r for r in rows if r["objective"] == "flow_matching" and r["path"] == row["path"]), None)
+        row["vs_flow_matching"] = row["step_ms"] / matching["step_ms"] if matching else None
     return rows
 
 

@@ -172,6 +172,7 @@ def test_bench_train_times_every_objective_on_both_paths(image_folder, tmp_path,
         assert old["loss_ms"] > 0 and fast["loss_ms"] > 0
         assert old["step_ms"] == pytest.approx(1e3 / old["steps_per_s"])
         assert fast["speedup_bound"] == pytest.approx(old["step_ms"] / fast["loss_ms"])
+    assert rows[-1]["vs_flow_matching"] == pytest.approx(rows[-1]["step_ms"] / rows[1]["step_ms"])  # MeanFlow, fast
 
 
 def test_bench_train_refuses_an_unknown_path(capsys):
