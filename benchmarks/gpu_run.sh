@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU job in one call (issues 20 and 21), inside the device's 10-minute limit per command:
-#   1. `flowsr bench --train teacher-x4-pm`: crops/s and share of the measured bf16 matmul peak, both
-#      training paths (fast=false vs the fast path), per objective;
+#   1. `flowsr bench --train teacher-x4-pm --objectives flow_matching,meanflow` (BENCH_S seconds at most):
+#      crops/s, share of the measured bf16 matmul peak, MeanFlow's step against flow matching's, both training
+#      paths (fast=false vs the fast path);
 #   2. the equal-budget start A/B (benchmarks/start_ab.sh at GPU size): one teacher per variant (bicubic
 #      start, BSRN start at sigma_p 0.1 and 0.2, RLFN start), all side by side, then an OFTSR and a MeanFlow
 #      student per variant, all side by side;
@@ -34,6 +35,7 @@ export FLOWSR_CACHE=${FLOWSR_CACHE:-off}  # start images: computed on the GPU in
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=${RUNS:-runs/gpu-ab}; mkdir -p "$RUNS"
 SIZE=${SIZE:-gpu}
+BENCH_PRESET=$([ "$SIZE" = tiny ] && echo tiny-teacher-pm || echo teacher-x4-pm)
 DEADLINE=${DEADLINE:-540}        # seconds after which only the packing runs
 TEACHER_S=${TEACHER_S:-150}
 STUDENT_S=${STUDENT_S:-150}
@@ -51,15 +53,14 @@ left() { echo $(( DEADLINE - ($(date +%s) - BEGIN) )); }
 log "machine: $(python3 -c 'import torch;print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
 log "data: $(cat .gpudata/train.txt 2>/dev/null || ls $DATA | wc -l)"
 if [ -z "${SKIP_BENCH:-}" ]; then
-  log "phase 1: training throughput: bench --train, then the teacher's previous path (fast=false) and the fast path"
-  timeout 60 python3 -m flowsr bench --train teacher-x4-pm --json $RUNS/bench-train.json > $RUNS/bench-train.txt 2>&1
-  for P in false true; do  # steps/s from log.jsonl (the fast path's first rows include compiling)
-    timeout 60 python3 -m flowsr train --preset teacher-x4-pm --out $RUNS/path-fast-$P fast=$P data=$DATA \
-      time_limit=$([ $P = true ] && echo 35 || echo 20) max_steps=1000000 val_images=0 log_every=50 \
-      ckpt_every=100000 $EXTRA > $RUNS/path-fast-$P.log 2>&1
-    tail -n 3 $RUNS/path-fast-$P/log.jsonl 2>/dev/null
-  done
-  rm -f $RUNS/path-fast-*/model.safetensors $RUNS/path-fast-*/checkpoint.safetensors
+  # flow matching and MeanFlow (R2: the MeanFlow step against the flow-matching step), old and fast path, real
+  # short runs on 32 training images (each run computes their start images; the whole set's took over 60 s)
+  log "phase 1: training throughput: bench --train $BENCH_PRESET, flow matching and MeanFlow, both paths"
+  BENCH_DATA=${TMPDIR:-/tmp}/flowsr-bench-data; rm -rf $BENCH_DATA; mkdir -p $BENCH_DATA
+  for F in $(ls $DATA | head -32); do ln -sf "$(cd $DATA && pwd)/$F" $BENCH_DATA/$F; done
+  timeout ${BENCH_S:-150} python3 -m flowsr bench --train $BENCH_PRESET --objectives flow_matching,meanflow \
+    --data $BENCH_DATA --json $RUNS/bench-train.json > $RUNS/bench-train.txt 2>&1
+  tail -n 6 $RUNS/bench-train.txt
 fi
 log "phase 2: start A/B, teachers ${TEACHER_S}s, students ${STUDENT_S}s"
 RUNS=$RUNS SIZE=$SIZE TEACHER_S=$TEACHER_S STUDENT_S=$STUDENT_S VARIANTS="$VARIANTS" \
@@ -104,7 +105,7 @@ for index in range(0, len(models), 3):  # three bf16 models a tar: each under 16
             archive.addfile(info, io.BytesIO(data))
 PY
 tar czf "$OUT/results.tar.gz" $RUNS/*.json $RUNS/*.txt $RUNS/*.log $RUNS/*/*/config.json $RUNS/*/*/log.jsonl \
-  $RUNS/*/*/train_config.json $RUNS/path-fast-*/*.json* ${CFG_AB:+$RUNS/cfg/*.log} 2>/dev/null
+  $RUNS/*/*/train_config.json ${CFG_AB:+$RUNS/cfg/*.log} 2>/dev/null
 ls -la "$OUT"
 for F in $RUNS/bench-train.txt $RUNS/eval-Set5.txt $RUNS/bench-infer.txt; do  # the short table, last
   [ -f $F ] && { echo "== $F"; grep -v "^\[" $F | tail -40; }

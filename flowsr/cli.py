@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--paths", type=_words, default=["old", "fast"], metavar="PATHS",
                     help="with --train: the training paths to time in turn: old (fast=false), fast, compiled "
                          "(fast with compile=true, also on the CPU)")
+    bn.add_argument("--objectives", type=_words, default=None, metavar="LIST",
+                    help="with --train: the objectives to time (default all: flow_matching, regression, oftsr, "
+                         "meanflow)")
     bn.add_argument("--data", default=None, help="with --train: training images (default: the preset's, else random)")
     bn.add_argument("--rounds", type=option("rounds"), default=1, help="with --train: time each path this many times, "
                     "alternating, and keep the fastest (on a busy machine)")
@@ -957,6 +960,9 @@ def bench_training(args) -> list[dict]:
 
     if not args.paths or set(args.paths) - {"old", "fast", "compiled"}:
         raise ValueError(f"--paths: old, fast and/or compiled, not {','.join(args.paths)}")
+    objectives = args.objectives or list(OBJECTIVES)
+    if set(objectives) - set(OBJECTIVES):
+        raise ValueError(f"--objectives: some of {', '.join(OBJECTIVES)}, not {','.join(objectives)}")
     device = resolve_device(args.device)
     peaks = {"bf16": bench.matmul_tflops(device)}
     if device.type == "cpu":
@@ -970,7 +976,7 @@ def bench_training(args) -> list[dict]:
         teacher = Path(tmp) / "teacher"  # a random teacher for the students (their speed does not depend on it)
         save_model_dir(teacher, UNet(base.net), model_config(
             dataclasses.replace(base, objective="flow_matching"), {}, _start_sha(base.start)))
-        for objective in OBJECTIVES:
+        for objective in objectives:
             cfg = _preset_of(args.train, objective)
             cfg.net, cfg.start, cfg.sigma_p, cfg.data = base.net, base.start, base.sigma_p, data
             cfg.device, cfg.teacher = device.type, str(teacher) if objective in ("oftsr", "meanflow") else ""

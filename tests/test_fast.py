@@ -175,8 +175,22 @@ def test_bench_train_times_every_objective_on_both_paths(image_folder, tmp_path,
     assert rows[-1]["vs_flow_matching"] == pytest.approx(rows[-1]["step_ms"] / rows[1]["step_ms"])  # MeanFlow, fast
 
 
-def test_bench_train_refuses_an_unknown_path(capsys):
+def test_bench_train_refuses_an_unknown_path_or_objective(capsys):
     from flowsr.cli import main
 
     assert main(["bench", "--train", "tiny-teacher", "--paths", "fast,eager", "--device", "cpu"]) != 0
     assert "--paths: old, fast and/or compiled, not fast,eager" in capsys.readouterr().err
+    assert main(["bench", "--train", "tiny-teacher", "--objectives", "meanflow,sds", "--device", "cpu"]) != 0
+    assert "--objectives: some of flow_matching, regression, oftsr, meanflow, not meanflow,sds" in \
+        capsys.readouterr().err
+
+
+def test_bench_train_times_the_objectives_asked_for(image_folder, tmp_path):
+    from flowsr.cli import main
+
+    assert main(["bench", "--train", "tiny-teacher", "--objectives", "meanflow,flow_matching", "--paths", "fast",
+                 "--crop", "32", "--batch", "2", "--repeat", "1", "--data", str(image_folder), "--device", "cpu",
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["objective"], r["path"]) for r in rows] == [("meanflow", "fast"), ("flow_matching", "fast")]
+    assert rows[0]["vs_flow_matching"] == pytest.approx(rows[0]["step_ms"] / rows[1]["step_ms"])
