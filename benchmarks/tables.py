@@ -392,19 +392,28 @@ def start_guidance() -> str:
     return markdown(["w", "4 steps: PSNR-Y / LPIPS / DISTS / HF", "8 steps: PSNR-Y / LPIPS / DISTS / HF"], body)
 
 
+# The chosen OFTSR student's continuations on the CPU, each from the one before (docs/<name>.json: rows, commands,
+# training record, label).
+CONTINUED = ("start_cpu_continued", "start_cpu_continued_2")
+
+
 def start_cpu_continued() -> str:
-    """The chosen OFTSR student as the GPU left it (start_ab.json) and continued on the CPU
-    (start_cpu_continued.json)."""
+    """The chosen OFTSR student as the GPU left it (start_ab.json) and after each continuation on the CPU
+    (CONTINUED: the files present)."""
     gpu = [r for r in docs_json("start_ab.json")["rows"] if r["variant"] == CHOSEN_START and r["role"] == "oftsr"]
-    data = docs_json("start_cpu_continued.json")
+    runs = [docs_json(f"{name}.json") for name in CONTINUED if (ROOT / "docs" / f"{name}.json").exists()]
     body = []
     for set_name in SETS:
         for r in (r for r in gpu if r["set"] == set_name):
-            cpu = next((c for c in data["rows"] if c["set"] == set_name and c["t"] == r["t"]), None)
-            body.append([set_name, f"{r['t']:g}", shown(r), shown(cpu) if cpu else "–"])
-    info = data["training"]
-    return markdown(["set", "t", f"GPU student ({info['steps_total'] - info['steps']} steps)",
-                     f"continued on the CPU (+{info['steps']} steps)"], body)
+            cells = []
+            for data in runs:
+                cpu = next((c for c in data["rows"] if c["set"] == set_name and c["t"] == r["t"]), None)
+                cells.append(shown(cpu) if cpu else "–")
+            body.append([set_name, f"{r['t']:g}", shown(r), *cells])
+    first = runs[0]["training"]
+    gpu_steps = first["steps_total"] - first["steps"]
+    return markdown(["set", "t", f"GPU student ({gpu_steps} steps)"]
+                    + [f"{data['label']} (+{data['training']['steps']} steps)" for data in runs], body)
 
 
 METRIC_NAMES = {"psnr_y": "PSNR-Y", "lpips": "LPIPS", "dists": "DISTS"}
