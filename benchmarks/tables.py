@@ -473,6 +473,35 @@ def start_not_shipped() -> str:
     return not_shipped([r for r in docs_json("start_ab.json")["rows"] if r["variant"] == CHOSEN_START])
 
 
+REALSR_BUNDLED = ("bicubic", "bsrn-x4", "rlfn-x4", "regression-x4", "oftsr-x4", "teacher-x4", "meanflow-x4")
+
+
+def _plain_setting(row: dict) -> str:
+    if row["kind"] == "oftsr":
+        return f"t = {row['t']:g}"
+    if row["kind"] in ("flow", "meanflow"):
+        return f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
+    return "–"
+
+
+def start_realsr() -> str:
+    """RealSR (real camera LR): the bundled models (bundled.json) beside the start-network OFTSR student
+    (start_realsr.json)."""
+    entries, _ = measured()
+    data = docs_json("start_realsr.json")
+    keys = ("psnr_y", "ssim_y", "lpips", "dists")
+    body = []
+    for name in REALSR_BUNDLED:
+        for row in entries.get((name, "RealSR"), {}).get("rows", []):
+            body.append([f"`{name}`", _plain_setting(row), *(start_ab_report.cell(row, k) for k in keys)])
+    for row in data["rows"]:
+        body.append(["start-network OFTSR (BSRN, σp 0.1; not shipped)", _plain_setting(row),
+                     *(start_ab_report.cell(row, k) for k in keys)])
+    return markdown(["model", "setting", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS"], body) + (
+        f"\n\nThe last rows: `{data['command']}` ({data['machine']}, {data['date']}); the others: "
+        "docs/results/bundled.json (`python3 benchmarks/bundled_results.py --sets RealSR`).")
+
+
 def _side(row: dict, keys: tuple[str, ...]) -> str:
     """A row's ``keys``, and for a realism pick (LPIPS without PSNR) the setting it was picked at."""
     if "lpips" not in keys or "psnr_y" in keys:
@@ -540,6 +569,7 @@ TABLES = {
     "start-guidance": start_guidance,
     "start-cpu-continued": start_cpu_continued,
     "start-not-shipped": start_not_shipped,
+    "start-realsr": start_realsr,
     **{f"cpu-results-{set_name}": (lambda set_name=set_name: cpu_results(set_name)) for set_name in SETS},
     "cpu-targets": cpu_targets,
     "cpu-not-shipped": cpu_not_shipped,
