@@ -506,8 +506,7 @@ def _side(row: dict, keys: tuple[str, ...]) -> str:
     """A row's ``keys``, and for a realism pick (LPIPS without PSNR) the setting it was picked at."""
     if "lpips" not in keys or "psnr_y" in keys:
         return shown(row, keys)
-    setting = f"t = {row['t']:g}" if row["kind"] == "oftsr" else f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
-    return f"{shown(row, keys)} ({setting})"
+    return f"{shown(row, keys)} ({_plain_setting(row)})"
 
 
 # -- the CPU recipe's models (docs/cpu/results.md, docs/cpu-recipe.md) ---------------------------------------
