@@ -5,7 +5,7 @@
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; NAME is one of TABLES
 below, each a function of committed files only (docs/results/bundled.json from benchmarks/bundled_results.py,
-the models' config.json, docs/cpu/**/*.json, docs/start_ab.json, docs/start_cpu_continued.json,
+the models' config.json, docs/cpu/**/*.json, docs/start_ab.json, docs/start_cpu_*.json, docs/start_teacher_gpu_long.json,
 docs/cfg_ablation.json, docs/onnx/**/*.json, docs/real-world/*.json, docs/scaling/*.json). Tables outside markers
 are historical records: they are not regenerated, and their pages say so. tests/test_tables.py runs ``--check``
 and compares each bundled model's recorded SHA-256 with its shipped weights.
@@ -416,6 +416,44 @@ def start_cpu_continued() -> str:
                     + [f"{data['label']} (+{data['training']['steps']} steps)" for data in runs], body)
 
 
+def start_t_sweep() -> str:
+    """The first CPU continuation of the OFTSR student over t: its t = 0, 0.5, 1 rows (start_cpu_continued.json)
+    and the finer grid between (start_t_sweep.json), on Set14 and BSD100; the best LPIPS of each set in bold."""
+    sets = ("Set14", "BSD100")
+    rows = {(r["set"], r["t"]): r for name in ("start_cpu_continued.json", "start_t_sweep.json")
+            for r in docs_json(name)["rows"] if r["set"] in sets}
+    best = {s: min((r for (where, _), r in rows.items() if where == s), key=lambda r: r["metrics"]["lpips"])
+            for s in sets}
+    body = []
+    for t in sorted({t for _, t in rows}):
+        cells = []
+        for s in sets:
+            row = rows.get((s, t))
+            cell = shown(row, SHOWN[:4]) if row else "–"
+            cells.append(f"**{cell}**" if row is best[s] else cell)
+        body.append([f"{t:g}", *cells])
+    return markdown(["t", *(f"{s}: PSNR-Y / LPIPS / DISTS / HF" for s in sets)], body)
+
+
+def start_cpu_teacher() -> str:
+    """The chosen teacher as the GPU left it (start_ab.json for 1-8 steps, start_teacher_gpu_long.json for more)
+    beside the same teacher continued on the CPU (start_cpu_teacher.json), by set and Euler step count."""
+    gpu = [r for r in docs_json("start_ab.json")["rows"] if r["variant"] == CHOSEN_START and r["role"] == "teacher"]
+    gpu += docs_json("start_teacher_gpu_long.json")["rows"]
+    cpu = docs_json("start_cpu_teacher.json")
+    body = []
+    for set_name in SETS:
+        cpu_rows_here = {r["steps"]: r for r in cpu["rows"] if r["set"] == set_name}
+        gpu_rows_here = {r["steps"]: r for r in gpu if r["set"] == set_name}
+        for steps in sorted(cpu_rows_here):
+            before = gpu_rows_here.get(steps)
+            body.append([set_name, steps, shown(before, SHOWN[:4]) if before else "–",
+                         shown(cpu_rows_here[steps], SHOWN[:4])])
+    training = cpu["training"]
+    return markdown(["set", "steps", f"GPU teacher ({training['steps_total'] - training['steps']} steps)",
+                     f"{cpu['label']} (+{training['steps']} steps)"], body)
+
+
 METRIC_NAMES = {"psnr_y": "PSNR-Y", "lpips": "LPIPS", "dists": "DISTS"}
 
 
@@ -567,6 +605,8 @@ TABLES = {
     "start-nets": start_nets,
     "start-guidance": start_guidance,
     "start-cpu-continued": start_cpu_continued,
+    "start-cpu-teacher": start_cpu_teacher,
+    "start-t-sweep": start_t_sweep,
     "start-not-shipped": start_not_shipped,
     "start-realsr": start_realsr,
     **{f"cpu-results-{set_name}": (lambda set_name=set_name: cpu_results(set_name)) for set_name in SETS},

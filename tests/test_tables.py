@@ -150,3 +150,28 @@ def test_the_shipping_verdict_names_each_metric_and_set_where_the_new_model_is_n
     assert tables._verdict({"Set14": (_row(psnr_y=26.0), _row(psnr_y=28.0))}, ("psnr_y",)) == "yes"
     assert tables._verdict({"Set14": (_row(psnr_y=28.0), _row(psnr_y=26.0))}, ("psnr_y",)) == \
         "no: PSNR-Y not better on Set14"
+
+
+def test_a_run_record_tags_rows_with_their_set_drops_per_image_values_and_names_a_wrong_file(tmp_path, capsys):
+    run_record = _module("run_record")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"kind": "flow", "training": {"steps": 7, "steps_total": 12}}))
+    evals = []
+    for name, steps in (("Set14", (1, 8)), ("BSD100", (32,))):
+        evals.append(tmp_path / f"{name}.json")
+        evals[-1].write_text(json.dumps({"dataset": name, "results": [
+            {"steps": n, "metrics": {"lpips": 0.1 * n}, "per_image": [{"name": "a"}]} for n in steps]}))
+    out = tmp_path / "record.json"
+    assert run_record.main([*map(str, evals), "--model", str(model), "--label", "L", "--what", "W",
+                            "--train-command", "T", "--eval-command", "E1", "--eval-command", "E2",
+                            "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [(r["set"], r["steps"]) for r in data["rows"]] == [("Set14", 1), ("Set14", 8), ("BSD100", 32)]
+    assert not any("per_image" in r for r in data["rows"])
+    assert data["training"] == {"steps": 7, "steps_total": 12} and data["eval_commands"] == ["E1", "E2"]
+    wrong = tmp_path / "not-eval.json"
+    wrong.write_text("{}")
+    assert run_record.main([str(wrong), "--model", str(model), "--label", "L", "--what", "W",
+                            "--train-command", "T", "--out", str(tmp_path / "x.json")]) == 1
+    assert "not-eval.json" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
