@@ -349,6 +349,12 @@ def test_a_killed_upscale_leaves_a_temporary_that_the_next_run_removes(tmp_path,
         capsys.readouterr().out
 
 
+def sighup_as_a_terminal_does():
+    """In the child: SIGHUP at its default, also when the tests run under nohup (which ignores it, and flowsr
+    then keeps ignoring it on purpose)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_or_sighup_during_an_upscale_removes_its_temporary(tmp_path, sig):
     """issue 23.5: as Ctrl-C (was: SIGTERM killed it, rc -15, leaving a 111 MB temporary)."""
@@ -359,7 +365,7 @@ def test_sigterm_or_sighup_during_an_upscale_removes_its_temporary(tmp_path, sig
         PIL.Image.fromarray(RNG.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(source / "big.png")
         process = subprocess.Popen([sys.executable, "-m", "flowsr", "upscale", str(source), "-o", str(out),
                                     "--model", "bicubic"], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, preexec_fn=sighup_as_a_terminal_does)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline and not (out.is_dir() and leftovers(out)):
             time.sleep(0.01)

@@ -150,7 +150,8 @@ def start_server(base: Path, *options: str) -> tuple[Client, subprocess.Popen, P
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", SERVER_CODE, "serve", "--model", str(model), "--model", "bicubic", "--port", "0",
-             *options], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+             *options], stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # as a terminal, also under nohup
     killer = threading.Timer(90, process.kill)
     killer.start()
     line = process.stdout.readline()
