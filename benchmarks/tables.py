@@ -394,7 +394,7 @@ def start_guidance() -> str:
 
 # The chosen OFTSR student's continuations on the CPU, each from the one before (docs/<name>.json: rows, commands,
 # training record, label).
-CONTINUED = ("start_cpu_continued", "start_cpu_continued_2")
+CONTINUED = ("start_cpu_continued", "start_cpu_continued_2", "start_cpu_continued_3")
 
 
 def start_cpu_continued() -> str:
