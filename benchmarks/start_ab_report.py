@@ -42,12 +42,14 @@ def load_rows(results: Path) -> list[dict]:
     return sorted(rows, key=lambda r: order.get(r["set"], len(order)))  # stable: files' order within a set
 
 
-def setting(row: dict) -> str:
-    if row["role"] == "oftsr":
+def setting(row: dict, none: str = "") -> str:
+    """A row's sampling setting by its model kind: t for OFTSR, the step count for a teacher or MeanFlow, else
+    ``none`` (a one-pass model)."""
+    if row["kind"] == "oftsr":
         return f"t = {row['t']:g}"
-    if row["role"] in ("teacher", "meanflow"):
+    if row["kind"] in ("flow", "meanflow"):
         return f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
-    return ""
+    return none
 
 
 def cell(row: dict, key: str) -> str:

@@ -514,14 +514,6 @@ def start_not_shipped() -> str:
 REALSR_BUNDLED = ("bicubic", "bsrn-x4", "rlfn-x4", "regression-x4", "oftsr-x4", "teacher-x4", "meanflow-x4")
 
 
-def _plain_setting(row: dict) -> str:
-    if row["kind"] == "oftsr":
-        return f"t = {row['t']:g}"
-    if row["kind"] in ("flow", "meanflow"):
-        return f"{row['steps']} step{'s' if row['steps'] > 1 else ''}"
-    return "–"
-
-
 def start_realsr() -> str:
     """RealSR (real camera LR): the bundled models (bundled.json) beside the start-network OFTSR student
     (start_realsr.json)."""
@@ -531,9 +523,9 @@ def start_realsr() -> str:
     body = []
     for name in REALSR_BUNDLED:
         for row in entries.get((name, "RealSR"), {}).get("rows", []):
-            body.append([f"`{name}`", _plain_setting(row), *(start_ab_report.cell(row, k) for k in keys)])
+            body.append([f"`{name}`", start_ab_report.setting(row, "–"), *(start_ab_report.cell(row, k) for k in keys)])
     for row in data["rows"]:
-        body.append(["start-network OFTSR (BSRN, σp 0.1; not shipped)", _plain_setting(row),
+        body.append(["start-network OFTSR (BSRN, σp 0.1; not shipped)", start_ab_report.setting(row, "–"),
                      *(start_ab_report.cell(row, k) for k in keys)])
     return markdown(["model", "setting", "PSNR-Y", "SSIM-Y", "LPIPS", "DISTS"], body) + (
         f"\n\nThe last rows: `{data['command']}` ({data['machine']}, {data['date']}); the others: "
@@ -544,7 +536,7 @@ def _side(row: dict, keys: tuple[str, ...]) -> str:
     """A row's ``keys``, and for a realism pick (LPIPS without PSNR) the setting it was picked at."""
     if "lpips" not in keys or "psnr_y" in keys:
         return shown(row, keys)
-    return f"{shown(row, keys)} ({_plain_setting(row)})"
+    return f"{shown(row, keys)} ({start_ab_report.setting(row, '–')})"
 
 
 # -- the CPU recipe's models (docs/cpu/results.md, docs/cpu-recipe.md) ---------------------------------------
